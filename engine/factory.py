@@ -1,0 +1,107 @@
+"""Build models by name or from a model file, and write model files.
+
+A model file holds the :class:`ModelConfig` and only what was trained: the head, and the backbone
+only when it was fine-tuned (the pretrained backbone weights come from their own package). Floats
+are stored in half precision to keep the file small; loading uses ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from engine.errors import VosError
+from engine.model import EmbeddingModel, ModelConfig, create_model
+
+FORMAT = "vosctl-model"
+SHIPPED_MODEL = Path(__file__).parent / "weights" / "default.pt"
+# Named models a user can ask for without a path.
+NAMED_MODELS = {"imagenet": ModelConfig(backbone="efficientnet_lite0", head="features")}
+
+
+def default_model_spec() -> str:
+    """The shipped trained model when it is installed, else the untrained ImageNet features."""
+    return str(SHIPPED_MODEL) if SHIPPED_MODEL.exists() else "imagenet"
+
+
+def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def save_model_file(model: EmbeddingModel, path: str | Path) -> None:
+    """Write ``model`` as a compact model file, atomically."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "config": asdict(model.config),
+        "head": _half(model.head.state_dict()),
+    }
+    if model.config.train_backbone:
+        payload["backbone"] = _half(model.backbone.state_dict())
+    atomic_save(payload, path)
+
+
+def atomic_save(payload: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _config_from_dict(raw: dict) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise VosError(f"The model file has unknown settings: {', '.join(sorted(unknown))}.")
+    return ModelConfig(**raw)
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise VosError(
+            f"The {what} weights in {path} do not fit the model "
+            f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})."
+        )
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_model_file(path: str | Path) -> EmbeddingModel:
+    """Read a model file written by :func:`save_model_file` (or a training checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VosError(f"Model file {path} does not exist.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for foreign or corrupt files
+        raise VosError(f"{path} is not a readable model file ({type(error).__name__}).") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise VosError(f"{path} is not a vosctl model file.")
+    config = _config_from_dict(payload["config"])
+    model = create_model(config, pretrained="backbone" not in payload)
+    _load_strict(model.head, payload["head"], "head", path)
+    if "backbone" in payload:
+        _load_strict(model.backbone, payload["backbone"], "backbone", path)
+    return model
+
+
+def build_model(spec: str | Path | None = None, device: str | torch.device = "cpu") -> EmbeddingModel:
+    """A model by name (``imagenet``), by model file path, or the default; on ``device``, in eval mode."""
+    spec = default_model_spec() if spec is None else str(spec)
+    if spec in NAMED_MODELS:
+        model = create_model(NAMED_MODELS[spec])
+    else:
+        model = load_model_file(spec)
+    return model.to(device).eval()

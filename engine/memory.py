@@ -1,0 +1,121 @@
+"""State kept by a video session, one small class per kind.
+
+- :class:`ObjectRegistry`: the user's object ids <-> tensor slots (slot 0 is background).
+- :class:`PixelSet`: embeddings, coordinates and labels of a set of pixels.
+- :class:`ReferenceBank`: every pixel of the annotated frame(s); permanent.
+- :class:`OnlineMemory`: confidently labelled pixels of later frames; bounded, oldest frame first
+  out. It never holds annotated pixels, so eviction can never remove them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.errors import VosError
+
+
+class ObjectRegistry:
+    """Maps user object ids (as in the mask, 1..255) to slots 1..K; 0 is background in both."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    @property
+    def num_slots(self) -> int:
+        """K + 1: background and each object."""
+        return len(self.ids) + 1
+
+    def register(self, ids: list[int]) -> None:
+        for object_id in ids:
+            if object_id <= 0 or object_id > 255:
+                raise VosError(f"Object id {object_id} is out of range; ids must be 1 to 255.")
+            if object_id not in self.ids:
+                self.ids.append(object_id)
+
+    def to_slots(self, id_mask: np.ndarray) -> np.ndarray:
+        """(H, W) user ids -> (H, W) slots; every nonzero id must be registered."""
+        lut = np.zeros(256, dtype=np.int64)
+        lut[self.ids] = np.arange(1, self.num_slots)
+        return lut[id_mask]
+
+    def to_ids(self, slots: np.ndarray) -> np.ndarray:
+        """(H, W) slots -> (H, W) uint8 user ids."""
+        lut = np.array([0, *self.ids], dtype=np.uint8)
+        return lut[slots]
+
+
+@dataclass
+class PixelSet:
+    """N pixels: ``keys`` (N, D) unit embeddings, ``coords`` (N, 3) normalised (x, y, t), ``labels`` (N,)."""
+
+    keys: torch.Tensor
+    coords: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @staticmethod
+    def concat(parts: list[PixelSet]) -> PixelSet:
+        return PixelSet(
+            torch.cat([p.keys for p in parts]),
+            torch.cat([p.coords for p in parts]),
+            torch.cat([p.labels for p in parts]),
+        )
+
+
+class ReferenceBank:
+    """Pixels of annotated frames with their given labels; never evicted."""
+
+    def __init__(self) -> None:
+        self._parts: list[PixelSet] = []
+        self._cache: PixelSet | None = None
+
+    def add(self, pixels: PixelSet) -> None:
+        self._parts.append(pixels)
+        self._cache = None
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def pixels(self) -> PixelSet | None:
+        if self._cache is None and self._parts:
+            self._cache = PixelSet.concat(self._parts)
+        return self._cache
+
+
+class OnlineMemory:
+    """At most ``capacity`` pixels; when full, whole frames leave oldest first (FIFO by frame)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise VosError("The online memory size must be zero or more.")
+        self.capacity = capacity
+        self._frames: deque[PixelSet] = deque()
+        self._size = 0
+        self._cache: PixelSet | None = None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, pixels: PixelSet) -> None:
+        if self.capacity == 0 or len(pixels) == 0:
+            return
+        if len(pixels) > self.capacity:
+            pixels = PixelSet(
+                pixels.keys[: self.capacity], pixels.coords[: self.capacity], pixels.labels[: self.capacity]
+            )
+        self._frames.append(pixels)
+        self._size += len(pixels)
+        while self._size > self.capacity:
+            self._size -= len(self._frames.popleft())
+        self._cache = None
+
+    def pixels(self) -> PixelSet | None:
+        if self._cache is None and self._frames:
+            self._cache = PixelSet.concat(list(self._frames))
+        return self._cache

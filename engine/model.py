@@ -1,0 +1,154 @@
+"""The embedding network: a backbone and a head that maps every pixel (at stride 8) to a vector.
+
+Phase methods, not one ``forward``: :meth:`EmbeddingModel.embed` turns an image into per-pixel
+embeddings; retrieval lives in :mod:`engine.retrieval`; training logic lives in ``trainer/``.
+
+Two heads share one interface, so the engine takes a trained head without changing:
+
+- :class:`FeatureHead` has no parameters: the backbone's own multi-scale features, each level
+  L2-normalised, upsampled to stride 8 and concatenated (the untrained baseline).
+- :class:`EmbeddingHead` is the paper's head: backbone features plus the normalised (x, y, t)
+  coordinates, a few convolutions, a ``dim``-d embedding per pixel (trained by ``vosctl train``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.backbones import Backbone, FeatureLevel, create_backbone
+from engine.errors import VosError
+
+OUTPUT_STRIDE = 8
+# Frames are numbered from the annotated one; t = index / TIME_HORIZON. A stream's length is not
+# known in advance, so time is scaled by a fixed horizon (about a DAVIS clip) instead of the length.
+TIME_HORIZON = 100.0
+
+
+def coordinate_grid(height: int, width: int, t: float, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised (x, y, t) of each cell of a stride-8 grid -> (3, height, width).
+
+    x and y run over [0, 1] across the processed image, whatever its aspect ratio, as in the paper.
+    """
+    ys = torch.linspace(0.0, 1.0, height, device=device) if height > 1 else torch.zeros(1, device=device)
+    xs = torch.linspace(0.0, 1.0, width, device=device) if width > 1 else torch.zeros(1, device=device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y, torch.full_like(grid_x, float(t))])
+
+
+def fuse_levels(features: list[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
+    """Bring each (B, C_l, h_l, w_l) to ``size`` (the stride-8 grid) by bilinear upsampling."""
+    return [
+        f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        for f in features
+    ]
+
+
+class FeatureHead(nn.Module):
+    """Untrained embedding: per-level L2-normalised backbone features, concatenated, normalised."""
+
+    def __init__(self, levels: tuple[FeatureLevel, ...], *, level_weights: tuple[float, ...] | None = None):
+        super().__init__()
+        weights = level_weights or tuple(1.0 for _ in levels)
+        if len(weights) != len(levels):
+            raise VosError("The feature head needs one weight per backbone level.")
+        self.register_buffer("level_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        self.dim = sum(level.channels for level in levels)
+
+    def forward(self, features: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """features [(B, C_l, h_l, w_l)], coords (B, 3, h, w) -> (B, D, h, w), unit length."""
+        size = tuple(coords.shape[-2:])
+        parts = [F.normalize(f, dim=1) * w for f, w in zip(fuse_levels(features, size), self.level_weights)]
+        return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+
+class EmbeddingHead(nn.Module):
+    """The paper's embedding head: [features, x, y, t] -> conv layers -> ``dim``-d unit vectors."""
+
+    def __init__(
+        self,
+        levels: tuple[FeatureLevel, ...],
+        *,
+        dim: int = 128,
+        hidden: int = 128,
+        depth: int = 3,
+        use_coords: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.use_coords = use_coords
+        # One 1x1 projection per level keeps the wide deep levels from dominating the sum.
+        self.lateral = nn.ModuleList(nn.Conv2d(level.channels, hidden, 1) for level in levels)
+        layers: list[nn.Module] = []
+        cin = hidden + (3 if use_coords else 0)
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(cin, hidden, 3, padding=1), nn.GroupNorm(8, hidden), nn.ReLU(inplace=True)]
+            cin = hidden
+        layers.append(nn.Conv2d(cin, dim, 1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, features: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """features [(B, C_l, h_l, w_l)], coords (B, 3, h, w) -> (B, dim, h, w), unit length."""
+        size = tuple(coords.shape[-2:])
+        fused = sum(lat(f) for lat, f in zip(self.lateral, fuse_levels(features, size)))
+        x = torch.cat([fused, coords.to(fused.dtype)], dim=1) if self.use_coords else fused
+        return F.normalize(self.body(x), dim=1)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; saved in every model file and checkpoint."""
+
+    backbone: str = "efficientnet_lite0"
+    head: str = "features"  # "features" (untrained) or "embedding" (trained)
+    dim: int = 128
+    hidden: int = 128
+    depth: int = 3
+    use_coords: bool = True
+    train_backbone: bool = False
+    # Inference settings the model was tuned with; a session starts from these.
+    inference: dict = field(default_factory=dict)
+
+
+class EmbeddingModel(nn.Module):
+    """Backbone + head. ``embed`` is the only inference entry point."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module, config: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+
+    @property
+    def dim(self) -> int:
+        return int(self.head.dim)
+
+    def embed(self, image: torch.Tensor, t: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 255], H and W multiples of 32 -> (B, D, H/8, W/8) unit vectors.
+
+        ``t`` is the normalised time of the frame(s): a float, or a (B,) tensor.
+        """
+        features = self.backbone(self.backbone.normalisation.apply(image))
+        b, _, h, w = image.shape
+        gh, gw = h // OUTPUT_STRIDE, w // OUTPUT_STRIDE
+        ts = torch.as_tensor(t, dtype=torch.float32, device=image.device).reshape(-1).expand(b)
+        coords = torch.stack([coordinate_grid(gh, gw, float(tt), device=image.device) for tt in ts])
+        return self.head(features, coords)
+
+
+def make_head(config: ModelConfig, levels: tuple[FeatureLevel, ...]) -> nn.Module:
+    if config.head == "features":
+        return FeatureHead(levels)
+    if config.head == "embedding":
+        return EmbeddingHead(
+            levels, dim=config.dim, hidden=config.hidden, depth=config.depth, use_coords=config.use_coords
+        )
+    raise VosError(f"Unknown head '{config.head}'; choose 'features' or 'embedding'.")
+
+
+def create_model(config: ModelConfig, *, pretrained: bool = True) -> EmbeddingModel:
+    backbone = create_backbone(config.backbone, pretrained=pretrained)
+    return EmbeddingModel(backbone, make_head(config, backbone.levels), config)

@@ -1,0 +1,224 @@
+"""One video, streamed: ``VideoSession.step(frame, mask=None) -> probabilities``.
+
+The session owns the per-video state (object registry, reference bank, online memory) and the
+only resize in the engine: frames enter at any size, are resized so the longer side is
+``max_size`` and both sides are multiples of 32, and probabilities leave at the frame's full size.
+The engine never opens a file; decoding, encoding and progress bars stay outside.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import VosError
+from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank
+from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel, coordinate_grid
+from engine.retrieval import RetrievalConfig, knn_probabilities
+
+REFINERS = ("none", "bilateral")
+ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    max_size: int = 512  # longer side of the image the network sees
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    online: bool = True
+    memory_size: int = 16384  # pixels in the online memory
+    memory_threshold: float = 0.95  # a pixel joins the memory when its top probability reaches this
+    memory_per_frame: int = 1024  # at most this many pixels join per frame
+    refine: str = "none"
+    half: bool = True  # half precision on CUDA
+
+    def __post_init__(self) -> None:
+        if self.max_size < ALIGN:
+            raise VosError(f"--max-size must be at least {ALIGN}.")
+        if self.refine not in REFINERS:
+            raise VosError(f"Unknown refinement '{self.refine}'; choose one of: {', '.join(REFINERS)}.")
+        if not 0.0 < self.memory_threshold <= 1.0:
+            raise VosError("The memory threshold must be in (0, 1].")
+
+    def with_overrides(self, **changes) -> SessionConfig:
+        """A copy with the given settings changed; ``None`` values are ignored."""
+        retrieval_keys = {k for k in changes if k in RetrievalConfig.__dataclass_fields__}
+        retrieval = replace(
+            self.retrieval, **{k: changes[k] for k in retrieval_keys if changes[k] is not None}
+        )
+        rest = {k: v for k, v in changes.items() if k not in retrieval_keys and v is not None}
+        return replace(self, retrieval=retrieval, **rest)
+
+
+def processing_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """The (h, w) the network sees: longer side ``max_size`` (never upscaled), multiples of 32."""
+    scale = min(1.0, max_size / max(height, width))
+    return (
+        max(ALIGN, round(height * scale / ALIGN) * ALIGN),
+        max(ALIGN, round(width * scale / ALIGN) * ALIGN),
+    )
+
+
+class VideoSession:
+    """Segments one video frame by frame. Create one per video."""
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        config: SessionConfig | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        refiner=None,
+    ) -> None:
+        self.model = model
+        self.config = config or SessionConfig()
+        self.device = torch.device(device)
+        self.registry = ObjectRegistry()
+        self.bank = ReferenceBank()
+        self.memory = OnlineMemory(self.config.memory_size if self.config.online else 0)
+        self.refiner = refiner
+        if self.config.refine == "bilateral" and refiner is None:
+            from engine.bilateral import BilateralRefiner
+
+            self.refiner = BilateralRefiner()
+        self.frame_index = 0
+        self.frame_size: tuple[int, int] | None = None
+        self.timings: dict[str, float] = defaultdict(float)
+        self._generator = torch.Generator().manual_seed(0)
+
+    # ---- edges ---------------------------------------------------------------------------------
+    def _prepare(self, frame: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (1, 3, h, w) float on the device, h and w multiples of 32."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise VosError("A frame must be an (H, W, 3) uint8 RGB array.")
+        height, width = frame.shape[:2]
+        if self.frame_size is None:
+            self.frame_size = (height, width)
+        elif self.frame_size != (height, width):
+            raise VosError(
+                f"Frame {self.frame_index} is {width}x{height}, but the video started at "
+                f"{self.frame_size[1]}x{self.frame_size[0]}."
+            )
+        h, w = processing_size(height, width, self.config.max_size)
+        small = (
+            cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (height, width) else frame
+        )
+        return torch.from_numpy(np.ascontiguousarray(small)).to(self.device).permute(2, 0, 1)[None].float()
+
+    def _timed(self, stage: str, start: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[stage] += now - start
+        return now
+
+    # ---- phases --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _embed(self, image: torch.Tensor, t: float) -> PixelSet:
+        use_half = self.config.half and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_half):
+            emb = self.model.embed(image, t)[0]  # (D, gh, gw)
+        d, gh, gw = emb.shape
+        keys = emb.reshape(d, -1).T.contiguous()
+        keys = keys.half() if use_half else keys.float()
+        coords = coordinate_grid(gh, gw, t, device=self.device).reshape(3, -1).T
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        return PixelSet(keys, coords, empty)
+
+    def _mask_to_grid(self, mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+        """(H, W) user ids -> (gh * gw,) slot per grid cell, each object keeping at least one cell."""
+        slots = torch.from_numpy(self.registry.to_slots(mask)).to(self.device)
+        one_hot = F.one_hot(slots, self.registry.num_slots).permute(2, 0, 1)[None].float()
+        fractions = F.adaptive_avg_pool2d(one_hot, grid)[0].reshape(self.registry.num_slots, -1)
+        labels = fractions.argmax(0)
+        for slot in range(1, self.registry.num_slots):
+            if not (labels == slot).any():  # an object thinner than a cell: keep its best cell
+                labels[fractions[slot].argmax()] = slot
+        return labels
+
+    def _add_reference(self, pixels: PixelSet, mask: np.ndarray, grid: tuple[int, int]) -> None:
+        if mask.shape != self.frame_size:
+            raise VosError(
+                f"The mask is {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                f"{self.frame_size[1]}x{self.frame_size[0]}."
+            )
+        ids = [int(i) for i in np.unique(mask) if i != 0]
+        if not ids:
+            raise VosError("The mask has no object pixels: mark at least one object.")
+        self.registry.register(ids)
+        labels = self._mask_to_grid(mask.astype(np.uint8), grid)
+        self.bank.add(PixelSet(pixels.keys, pixels.coords, labels))
+
+    def _bank(self) -> PixelSet:
+        parts = [p for p in (self.bank.pixels(), self.memory.pixels()) if p is not None]
+        if not parts:
+            raise VosError("The first frame needs a mask: the session has no reference yet.")
+        return PixelSet.concat(parts) if len(parts) > 1 else parts[0]
+
+    def _remember(self, pixels: PixelSet, probs: torch.Tensor) -> None:
+        """Confident pixels of this frame join the online memory (at most ``memory_per_frame``)."""
+        confidence, labels = probs.max(dim=1)
+        chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
+        if len(chosen) > self.config.memory_per_frame:
+            pick = torch.randperm(len(chosen), generator=self._generator)[: self.config.memory_per_frame]
+            chosen = chosen[pick.to(chosen.device)]
+        self.memory.add(PixelSet(pixels.keys[chosen], pixels.coords[chosen], labels[chosen]))
+
+    # ---- the streaming call --------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> torch.Tensor:
+        """Segment one frame. frame (H, W, 3) uint8 RGB; mask (H, W) object ids or None.
+
+        Returns probabilities (K + 1, H, W) float32 on the CPU: background, then one channel per
+        object in registry order. A frame with a mask returns that mask as probabilities.
+        """
+        start = time.perf_counter()
+        image = self._prepare(frame)
+        t = self.frame_index / TIME_HORIZON
+        pixels = self._embed(image, t)
+        grid = (image.shape[-2] // OUTPUT_STRIDE, image.shape[-1] // OUTPUT_STRIDE)
+        start = self._timed("embed", start)
+        height, width = self.frame_size
+        if mask is not None:
+            self._add_reference(pixels, mask, grid)
+            self.frame_index += 1
+            slots = torch.from_numpy(self.registry.to_slots(mask.astype(np.uint8)))
+            return F.one_hot(slots, self.registry.num_slots).permute(2, 0, 1).float()
+        probs, _ = knn_probabilities(pixels, self._bank(), self.registry.num_slots, self.config.retrieval)
+        start = self._timed("retrieve", start)
+        if self.config.online:
+            self._remember(pixels, probs)
+            start = self._timed("memory", start)
+        coarse = probs.T.reshape(1, -1, *grid)
+        full = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+        full = full.float().cpu()
+        if self.refiner is not None:
+            full = self.refiner(frame, full)
+        self._timed("refine", start)
+        self.frame_index += 1
+        return full
+
+    def to_ids(self, probs: torch.Tensor) -> np.ndarray:
+        """(K + 1, H, W) probabilities -> (H, W) uint8 mask of user object ids."""
+        return self.registry.to_ids(probs.argmax(0).numpy())
+
+
+def segment_video(
+    model: EmbeddingModel,
+    frames: Iterable[np.ndarray],
+    first_mask: np.ndarray,
+    *,
+    config: SessionConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> Iterator[np.ndarray]:
+    """Yield an (H, W) uint8 id mask per frame; the first frame's is ``first_mask`` itself."""
+    session = VideoSession(model, config, device=device)
+    for index, frame in enumerate(frames):
+        probs = session.step(frame, first_mask if index == 0 else None)
+        yield session.to_ids(probs)
