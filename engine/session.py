@@ -222,3 +222,9 @@ def segment_video(
     for index, frame in enumerate(frames):
         probs = session.step(frame, first_mask if index == 0 else None)
         yield session.to_ids(probs)
+
+
+def session_config_for(model: EmbeddingModel, **overrides) -> SessionConfig:
+    """The model's own inference settings (saved with it), then the caller's non-None overrides."""
+    base = SessionConfig().with_overrides(**model.config.inference)
+    return base.with_overrides(**overrides)

@@ -1,0 +1,3 @@
+from vosctl.cli import app
+
+app(prog_name="vosctl")

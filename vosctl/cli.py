@@ -1,0 +1,21 @@
+"""The ``vosctl`` command line: commands only parse and report; the work is in engine/ and trainer/."""
+
+from __future__ import annotations
+
+import typer
+
+from vosctl.commands.segment import segment
+
+app = typer.Typer(
+    name="vosctl",
+    help="Fast semi-supervised video object segmentation by pixel-wise metric learning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("segment")(segment)
+
+
+@app.callback()
+def main() -> None:
+    """Segment videos (`segment`), score on DAVIS (`eval`), train the embedding (`train`)."""

@@ -1,0 +1,108 @@
+"""``vosctl segment``: parse, call :func:`vosctl.pipeline.segment_file`, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from engine.devices import resolve_device
+from engine.factory import build_model
+from engine.session import session_config_for
+from vosctl.console import console, out, reported_errors
+from vosctl.options import (
+    DebugOption,
+    DeviceOption,
+    KOption,
+    MaxSizeOption,
+    ModelOption,
+    OnlineOption,
+    OverwriteOption,
+    RefineOption,
+)
+from vosctl.pipeline import segment_file
+
+
+def segment(
+    video: Annotated[Path, typer.Argument(help="Input video file, or a folder of JPEG/PNG frames.")],
+    mask: Annotated[Path, typer.Option("--mask", help="First-frame mask: binary, palette or colour PNG.")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Overlay video (default: <stem>.vos.mp4).")
+    ] = None,
+    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write the overlay video.")] = False,
+    masks_dir: Annotated[
+        Path | None, typer.Option("--masks-dir", help="Write one palette PNG per frame here.")
+    ] = None,
+    mask_video: Annotated[
+        Path | None, typer.Option("--mask-video", help="Write the masks as a (lossless) video.")
+    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    max_size: MaxSizeOption = None,
+    online: OnlineOption = None,
+    refine: RefineOption = None,
+    k: KOption = None,
+    fps: Annotated[float, typer.Option("--fps", min=0.001, help="Frame rate of a folder of frames.")] = 24.0,
+    overwrite: OverwriteOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Segment the object(s) of the first-frame mask in every frame of VIDEO."""
+    with reported_errors(debug):
+        torch_device = resolve_device(device)
+        net = build_model(model, torch_device)
+        config = session_config_for(
+            net, max_size=max_size, online=online, k=k, refine=refine.value if refine is not None else None
+        )
+        columns = [
+            SpinnerColumn(),
+            TextColumn("[bold]segment"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]:.1f} fps"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("segment", total=None, fps=0.0)
+
+            def on_start(total: int | None) -> None:
+                progress.update(task, total=total)
+
+            def on_frame(done: int) -> None:
+                elapsed = progress.tasks[task].elapsed or 0.0
+                progress.update(task, completed=done, fps=done / elapsed if elapsed > 0 else 0.0)
+
+            result = segment_file(
+                video=video,
+                mask=mask,
+                model=net,
+                config=config,
+                device=torch_device,
+                output=output,
+                overlay=not no_overlay,
+                masks_dir=masks_dir,
+                mask_video=mask_video,
+                overwrite=overwrite,
+                fps=fps,
+                on_start=on_start,
+                on_frame=on_frame,
+            )
+            progress.update(task, total=result.frames, completed=result.frames)
+        for note in result.notes:
+            console.print(f"[yellow]Note:[/] {note}")
+        out.print(
+            f"Segmented {result.frames} frames in {result.seconds:.1f} s ({result.fps:.1f} fps) "
+            f"on {torch_device}."
+        )
+        for path in result.outputs:
+            out.print(f"  wrote {path}")

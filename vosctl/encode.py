@@ -1,0 +1,208 @@
+"""Video out: overlay and mask videos with the input's frame rate and timestamps, audio carried over.
+
+Every output is first written under a temporary name in its own folder and renamed into place
+only when complete (:class:`AtomicOutputs`), so a failure or Ctrl-C leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from engine.errors import VosError
+
+# Container (from the file extension) -> (lossy codec for the overlay, lossless codec for masks).
+CONTAINERS = {
+    ".mp4": ("mp4", "libx264", "libx264rgb"),
+    ".mov": ("mov", "libx264", "libx264rgb"),
+    ".m4v": ("mp4", "libx264", "libx264rgb"),
+    ".mkv": ("matroska", "libx264", "ffv1"),
+    ".webm": ("webm", "libvpx-vp9", "libvpx-vp9"),
+    ".avi": ("avi", "mjpeg", "ffv1"),
+}
+# Audio codecs a container takes as they are; others are re-encoded to the fallback.
+AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "matroska": None, "webm": "libopus", "avi": "mp3"}
+AUDIO_REMUX = {
+    "mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
+    "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s24le"},
+    "webm": {"opus", "vorbis"},
+    "avi": {"mp3", "ac3", "pcm_s16le", "pcm_u8"},
+}
+
+
+def container_for(path: Path) -> tuple[str, str, str]:
+    suffix = Path(path).suffix.lower()
+    if suffix not in CONTAINERS:
+        raise VosError(f"Cannot write {path}: use one of {', '.join(sorted(CONTAINERS))}.")
+    return CONTAINERS[suffix]
+
+
+class VideoWriter:
+    """Encodes RGB frames at given timestamps; copies (or re-encodes) audio packets as they come."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        final_path: Path,
+        width: int,
+        height: int,
+        fps: Fraction,
+        time_base: Fraction | None,
+        lossless: bool = False,
+        audio_stream=None,
+    ) -> None:
+        fmt, lossy, exact = container_for(final_path)
+        codec = exact if lossless else lossy
+        self.container = av.open(str(path), "w", format=fmt)
+        self.fps = fps
+        self.stream = self.container.add_stream(codec, rate=fps)
+        self.stream.width, self.stream.height = width, height
+        self.time_base = time_base or Fraction(1, 1) / fps
+        self.stream.time_base = self.time_base
+        self.stream.codec_context.time_base = self.time_base
+        if codec in ("libx264rgb",):
+            self.stream.pix_fmt, self.stream.options = "rgb24", {"qp": "0", "preset": "veryfast"}
+        elif codec == "ffv1":
+            self.stream.pix_fmt = "bgr0"
+        elif codec == "libvpx-vp9":
+            self.stream.pix_fmt = "yuv420p" if not lossless else "gbrp"
+            self.stream.options = (
+                {"lossless": "1"}
+                if lossless
+                else {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+            )
+        elif codec == "mjpeg":
+            self.stream.pix_fmt, self.stream.options = "yuvj420p", {"q:v": "3"}
+        else:  # yuv420p needs even sides; odd frames keep every pixel in 4:4:4
+            even = width % 2 == 0 and height % 2 == 0
+            self.stream.pix_fmt = "yuv420p" if even else "yuv444p"
+            self.stream.options = {"crf": "20", "preset": "veryfast"}
+        self.audio_in = audio_stream
+        self.audio_out = None
+        self._audio_decoder = None
+        if audio_stream is not None:
+            self._open_audio(fmt, audio_stream)
+        self._index = 0
+
+    def _open_audio(self, fmt: str, audio_stream) -> None:
+        name = audio_stream.codec_context.name
+        remux = AUDIO_REMUX.get(fmt)
+        if remux is None or name in remux:
+            self.audio_out = self.container.add_stream_from_template(audio_stream)
+            return
+        fallback = AUDIO_FALLBACK[fmt]
+        self.audio_out = self.container.add_stream(fallback, rate=audio_stream.codec_context.sample_rate)
+        self._audio_decoder = audio_stream.codec_context
+
+    def write(self, image: np.ndarray, pts: int | None) -> None:
+        """image (H, W, 3) uint8 RGB; ``pts`` in the input's time base (None: by frame index)."""
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = pts if pts is not None else round(self._index / self.fps / self.time_base)
+        frame.time_base = self.time_base
+        self._index += 1
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def write_audio(self, packet: av.Packet) -> None:
+        if self.audio_out is None:
+            return
+        if self._audio_decoder is None:
+            packet.stream = self.audio_out
+            self.container.mux(packet)
+            return
+        for frame in self._audio_decoder.decode(packet):
+            frame.pts = None
+            for out in self.audio_out.encode(frame):
+                self.container.mux(out)
+
+    def close(self) -> None:
+        """Flush the encoders and finish the file."""
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        if self._audio_decoder is not None:
+            for packet in self.audio_out.encode():
+                self.container.mux(packet)
+        self.container.close()
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # the file is discarded anyway
+            pass
+
+
+class AtomicOutputs:
+    """Temporary names for outputs, renamed into place by :meth:`commit`, removed by :meth:`discard`."""
+
+    def __init__(self, *, overwrite: bool) -> None:
+        self.overwrite = overwrite
+        self._pending: list[tuple[Path, Path]] = []
+
+    def _check(self, final: Path) -> None:
+        if final.exists() and not self.overwrite:
+            raise VosError(f"{final} already exists; pass --overwrite to replace it.")
+        parent = final.parent
+        if not parent.is_dir():
+            raise VosError(f"The output folder {parent} does not exist.")
+        if not os.access(parent, os.W_OK):
+            raise VosError(f"The output folder {parent} is not writable.")
+
+    def file(self, final: Path) -> Path:
+        final = Path(final)
+        self._check(final)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent)
+        os.close(fd)
+        self._pending.append((Path(tmp), final))
+        return Path(tmp)
+
+    def folder(self, final: Path) -> Path:
+        final = Path(final)
+        if final.exists() and not final.is_dir():
+            raise VosError(f"{final} exists and is not a folder.")
+        if final.is_dir() and any(final.iterdir()) and not self.overwrite:
+            raise VosError(f"{final} already holds files; pass --overwrite to replace them.")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise VosError(f"Cannot create the output folder {final.parent}.") from error
+        self._check_parent_writable(final.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+        self._pending.append((tmp, final))
+        return tmp
+
+    @staticmethod
+    def _check_parent_writable(parent: Path) -> None:
+        if not os.access(parent, os.W_OK):
+            raise VosError(f"The output folder {parent} is not writable.")
+
+    def commit(self) -> None:
+        for tmp, final in self._pending:
+            if tmp.is_dir():
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            else:
+                os.replace(tmp, final)
+                os.chmod(final, 0o644 & ~_umask())
+        self._pending.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._pending:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        self._pending.clear()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

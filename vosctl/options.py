@@ -1,0 +1,40 @@
+"""Options shared by several commands, as ``Annotated`` aliases, and the choice enums."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Refine(str, Enum):
+    bilateral = "bilateral"
+    none = "none"
+
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="A model file from `vosctl train`, or 'imagenet' (untrained features). "
+        "Default: the shipped model.",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+MaxSizeOption = Annotated[
+    int | None,
+    typer.Option("--max-size", min=32, help="Longer side the network sees (default: the model's)."),
+]
+OnlineOption = Annotated[
+    bool | None,
+    typer.Option("--online/--no-online", help="Online memory of confident pixels (default: on)."),
+]
+RefineOption = Annotated[
+    Refine | None, typer.Option("--refine", help="Mask refinement (default: the model's).")
+]
+KOption = Annotated[int | None, typer.Option("--k", min=1, help="Neighbours that vote for each pixel.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]
+PathArgument = Path
