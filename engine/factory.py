@@ -73,7 +73,8 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     if missing or unexpected:
         raise VosError(
             f"The {what} weights in {path} do not fit the model "
-            f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})."
+            f"({len(missing)} missing, e.g. {missing[:2]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})."
         )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 

@@ -61,7 +61,10 @@ class FeatureHead(nn.Module):
     def forward(self, features: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """features [(B, C_l, h_l, w_l)], coords (B, 3, h, w) -> (B, D, h, w), unit length."""
         size = tuple(coords.shape[-2:])
-        parts = [F.normalize(f, dim=1) * w for f, w in zip(fuse_levels(features, size), self.level_weights)]
+        parts = [
+            F.normalize(f, dim=1) * w
+            for f, w in zip(fuse_levels(features, size), self.level_weights, strict=True)
+        ]
         return F.normalize(torch.cat(parts, dim=1), dim=1)
 
 
@@ -93,7 +96,7 @@ class EmbeddingHead(nn.Module):
     def forward(self, features: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """features [(B, C_l, h_l, w_l)], coords (B, 3, h, w) -> (B, dim, h, w), unit length."""
         size = tuple(coords.shape[-2:])
-        fused = sum(lat(f) for lat, f in zip(self.lateral, fuse_levels(features, size)))
+        fused = sum(lat(f) for lat, f in zip(self.lateral, fuse_levels(features, size), strict=True))
         x = torch.cat([fused, coords.to(fused.dtype)], dim=1) if self.use_coords else fused
         return F.normalize(self.body(x), dim=1)
 
