@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from vosctl.commands.eval import eval_app
 from vosctl.commands.segment import segment
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("segment")(segment)
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()
