@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import engine.deeplab  # noqa: F401  (registers the deeplab_resnet101 backbone)
 from engine.backbones import Backbone, FeatureLevel, create_backbone
 from engine.errors import VosError
 
@@ -106,6 +107,8 @@ class ModelConfig:
     """Everything needed to rebuild a model; saved in every model file and checkpoint."""
 
     backbone: str = "efficientnet_lite0"
+    # A backbone whose weights the user supplies (deeplab_resnet101) is rebuilt from this path.
+    backbone_weights: str | None = None
     head: str = "features"  # "features" (untrained) or "embedding" (trained)
     dim: int = 128
     hidden: int = 128
@@ -153,5 +156,6 @@ def make_head(config: ModelConfig, levels: tuple[FeatureLevel, ...]) -> nn.Modul
 
 
 def create_model(config: ModelConfig, *, pretrained: bool = True) -> EmbeddingModel:
-    backbone = create_backbone(config.backbone, pretrained=pretrained)
+    extra = {"weights": config.backbone_weights} if config.backbone_weights else {}
+    backbone = create_backbone(config.backbone, pretrained=pretrained, **extra)
     return EmbeddingModel(backbone, make_head(config, backbone.levels), config)

@@ -100,6 +100,12 @@ class VideoSource:
             ) from error
         if index == 0:
             raise VosError(f"The video {self.path} has no frames.")
+        if self.frame_count is not None and index < self.frame_count:
+            # A file cut at a packet boundary demuxes to a clean end: only the count tells.
+            raise VosError(
+                f"The video {self.path} ended after {index} of {self.frame_count} frames; "
+                "it is damaged or truncated."
+            )
 
 
 class FrameFolderSource:
