@@ -255,5 +255,8 @@ class TinyBackbone(Backbone):
 
 @register_backbone("tiny")
 def tiny(*, pretrained: bool = True) -> Backbone:
-    torch.manual_seed(0) if not pretrained else None
-    return TinyBackbone().eval()
+    # Its "pretrained weights" are seed 0, so a model file without backbone weights rebuilds the same
+    # net; the seed is local, so building one does not reset the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return TinyBackbone().eval()

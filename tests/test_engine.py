@@ -1,0 +1,299 @@
+"""The engine without files: retrieval, memory, the object registry, the session and model files."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import VosError
+from engine.factory import build_model, load_model_file, save_model_file
+from engine.memory import ObjectRegistry, OnlineMemory, PixelSet
+from engine.model import ModelConfig, create_model
+from engine.retrieval import RetrievalConfig, knn_probabilities
+from engine.session import SessionConfig, VideoSession, processing_size, session_config_for
+
+
+def unit(degrees: float) -> list[float]:
+    return [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
+
+
+def pixels(keys, labels=None, xy=None) -> PixelSet:
+    """PixelSet of N pixels from 2-d keys; coordinates default to the origin, t = 0."""
+    keys = torch.tensor(keys, dtype=torch.float32)
+    n = len(keys)
+    coords = torch.zeros(n, 3)
+    if xy is not None:
+        coords[:, :2] = torch.tensor(xy, dtype=torch.float32)
+    labels = torch.tensor(labels if labels is not None else [0] * n, dtype=torch.long)
+    return PixelSet(keys, coords, labels)
+
+
+# A bank on the unit circle: label 0 at 0 deg, label 1 at 20 and 40 deg, label 2 at 90 and 180 deg.
+BANK = pixels([unit(0), unit(20), unit(40), unit(90), unit(180)], labels=[0, 1, 1, 2, 2])
+
+
+# ---- retrieval ----------------------------------------------------------------------------------
+
+
+def test_knn_k1_takes_the_nearest_label_and_reports_its_distance():
+    query = pixels([unit(5), unit(90), unit(170)])
+    probs, nearest = knn_probabilities(query, BANK, 3, RetrievalConfig(k=1, vote="uniform"))
+    expected = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 0, 1.0]])
+    assert torch.allclose(probs, expected)
+    cos5 = math.cos(math.radians(5))
+    assert nearest == pytest.approx([2 - 2 * cos5, 0.0, 2 - 2 * math.cos(math.radians(10))], abs=1e-5)
+
+
+def test_knn_k3_uniform_votes_count_each_neighbour_once():
+    query = pixels([unit(5), unit(90)])
+    probs, _ = knn_probabilities(query, BANK, 3, RetrievalConfig(k=3, vote="uniform"))
+    # 5 deg: neighbours at 0 (label 0), 20 and 40 (label 1); 90 deg: 90 (2), 40 (1), 20 (1).
+    expected = torch.tensor([[1 / 3, 2 / 3, 0.0], [0.0, 2 / 3, 1 / 3]])
+    assert torch.allclose(probs, expected, atol=1e-6)
+
+
+def test_knn_weighted_votes_favour_the_nearer_neighbour_and_sum_to_one():
+    query = pixels([unit(5)])
+    for vote in ("softmax", "inverse"):
+        probs, _ = knn_probabilities(query, BANK, 3, RetrievalConfig(k=3, vote=vote))
+        assert probs.sum().item() == pytest.approx(1.0, abs=1e-6)
+        # Label 0 has one very near neighbour; label 1 two far ones: the nearer one must win.
+        assert probs[0, 0] > probs[0, 1] > 0
+
+
+def test_knn_k_larger_than_the_bank_uses_the_whole_bank():
+    probs, _ = knn_probabilities(pixels([unit(0)]), BANK, 3, RetrievalConfig(k=50, vote="uniform"))
+    assert torch.allclose(probs, torch.tensor([[1 / 5, 2 / 5, 2 / 5]]))
+
+
+def test_knn_chunked_equals_unchunked():
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.nn.functional.normalize(torch.randn(40, 8, generator=generator), dim=1)
+    bank = PixelSet(keys[:30], torch.rand(30, 3, generator=generator), torch.arange(30) % 3)
+    query = PixelSet(keys[30:], torch.rand(10, 3, generator=generator), torch.zeros(10, dtype=torch.long))
+    for config in (RetrievalConfig(k=4), RetrievalConfig(k=3, vote="uniform", spatial_weight=2.0)):
+        whole, whole_nearest = knn_probabilities(query, bank, 3, config)
+        chunked, chunked_nearest = knn_probabilities(query, bank, 3, replace(config, chunk=2))
+        assert torch.allclose(whole, chunked, atol=1e-6)
+        assert torch.allclose(whole_nearest, chunked_nearest, atol=1e-6)
+
+
+def test_spatial_weight_prefers_the_neighbour_at_the_same_place():
+    # Label 1 has the identical key but sits across the frame; label 0 is a slightly different key here.
+    bank = pixels([unit(0), unit(10)], labels=[1, 0], xy=[[0.9, 0.9], [0.1, 0.1]])
+    query = pixels([unit(0)], xy=[[0.1, 0.1]])
+    by_look, _ = knn_probabilities(query, bank, 2, RetrievalConfig(k=1, spatial_weight=0.0))
+    by_place, _ = knn_probabilities(query, bank, 2, RetrievalConfig(k=1, spatial_weight=2.0))
+    assert by_look.argmax(1).item() == 1
+    assert by_place.argmax(1).item() == 0
+
+
+def test_knn_on_an_empty_bank_and_bad_settings_are_vos_errors():
+    empty = PixelSet(torch.empty(0, 2), torch.empty(0, 3), torch.empty(0, dtype=torch.long))
+    with pytest.raises(VosError, match="empty"):
+        knn_probabilities(pixels([unit(0)]), empty, 2, RetrievalConfig())
+    with pytest.raises(VosError):
+        RetrievalConfig(k=0)
+    with pytest.raises(VosError):
+        RetrievalConfig(vote="majority")
+
+
+# ---- memory and registry ------------------------------------------------------------------------
+
+
+def frame_pixels(frame: int, n: int) -> PixelSet:
+    """n pixels whose labels carry the frame number, so eviction order is visible."""
+    return PixelSet(torch.zeros(n, 2), torch.zeros(n, 3), torch.full((n,), frame, dtype=torch.long))
+
+
+def test_online_memory_is_bounded_and_evicts_oldest_frames_first():
+    memory = OnlineMemory(capacity=10)
+    for frame in range(5):
+        memory.add(frame_pixels(frame, 4))
+        assert len(memory) <= 10
+        assert len(memory.pixels()) == len(memory)
+    assert len(memory) == 8
+    assert memory.pixels().labels.unique().tolist() == [3, 4]
+
+
+def test_online_memory_truncates_a_frame_larger_than_its_capacity():
+    memory = OnlineMemory(capacity=3)
+    memory.add(frame_pixels(0, 2))
+    memory.add(frame_pixels(1, 7))
+    assert len(memory) == 3
+    assert memory.pixels().labels.tolist() == [1, 1, 1]
+
+
+def test_online_memory_of_capacity_zero_stores_nothing():
+    memory = OnlineMemory(capacity=0)
+    memory.add(frame_pixels(0, 5))
+    assert len(memory) == 0 and memory.pixels() is None
+    with pytest.raises(VosError):
+        OnlineMemory(capacity=-1)
+
+
+def test_object_registry_round_trips_ids_and_slots():
+    registry = ObjectRegistry()
+    registry.register([3, 7])
+    registry.register([7])  # again: no new slot
+    assert registry.num_slots == 3
+    ids = np.array([[0, 3], [7, 3]], dtype=np.uint8)
+    slots = registry.to_slots(ids)
+    assert slots.tolist() == [[0, 1], [2, 1]]
+    back = registry.to_ids(slots)
+    assert back.dtype == np.uint8 and np.array_equal(back, ids)
+    for bad in (0, 256):
+        with pytest.raises(VosError):
+            registry.register([bad])
+
+
+# ---- the session --------------------------------------------------------------------------------
+
+
+def square_frame(x: int, y: int, size: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, np.ndarray]:
+    """A red 32x32 square at (x, y) on a textured grey background, and its (H, W) id mask (id 1)."""
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    frame = np.repeat(((xx * 3 + yy * 5) % 64 + 96).astype(np.uint8)[..., None], 3, axis=2)
+    frame[y : y + 32, x : x + 32] = (220, 30, 30)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[y : y + 32, x : x + 32] = 1
+    return frame, mask
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_session_returns_the_given_mask_then_normalised_probabilities(tiny_model):
+    session = VideoSession(tiny_model, SessionConfig())
+    frame, mask = square_frame(32, 32)
+    first = session.step(frame, mask)
+    assert first.shape == (2, 96, 128)
+    assert np.array_equal(session.to_ids(first), mask)
+    later, later_mask = square_frame(40, 36)
+    probs = session.step(later)
+    assert probs.shape == (2, 96, 128) and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(0), torch.ones(96, 128), atol=1e-5)
+    assert probs.min() >= 0 and probs.max() <= 1 + 1e-6
+    assert iou(session.to_ids(probs) == 1, later_mask == 1) > 0.5
+
+
+def test_session_on_the_same_frame_reproduces_the_mask(tiny_model):
+    session = VideoSession(tiny_model, SessionConfig(online=False))
+    frame, mask = square_frame(48, 32)
+    session.step(frame, mask)
+    again = session.to_ids(session.step(frame))
+    assert iou(again == 1, mask == 1) > 0.8
+
+
+def test_session_with_two_objects_gives_three_channels_with_their_ids(tiny_model):
+    frame, mask = square_frame(16, 16)
+    frame[56:88, 80:112] = (30, 30, 220)
+    mask[56:88, 80:112] = 5
+    session = VideoSession(tiny_model)
+    assert session.step(frame, mask).shape == (3, 96, 128)
+    ids = session.to_ids(session.step(frame))
+    assert set(np.unique(ids).tolist()) == {0, 1, 5}
+    assert session.registry.ids == [1, 5]
+
+
+def test_session_rejects_bad_frames_and_masks(tiny_model):
+    frame, mask = square_frame(32, 32)
+    with pytest.raises(VosError, match="needs a mask"):
+        VideoSession(tiny_model).step(frame)
+    with pytest.raises(VosError, match="no object"):
+        VideoSession(tiny_model).step(frame, np.zeros_like(mask))
+    with pytest.raises(VosError, match="mask is"):
+        VideoSession(tiny_model).step(frame, mask[:64])
+    with pytest.raises(VosError, match="uint8 RGB"):
+        VideoSession(tiny_model).step(frame.astype(np.float32), mask)
+    session = VideoSession(tiny_model)
+    session.step(frame, mask)
+    other, _ = square_frame(0, 0, size=(64, 96))
+    with pytest.raises(VosError, match="started at 128x96"):
+        session.step(other)
+
+
+def test_online_memory_fills_and_stays_bounded_in_a_session(tiny_model):
+    config = SessionConfig(memory_size=300, memory_per_frame=100, memory_threshold=0.5)
+    session = VideoSession(tiny_model, config)
+    frame, mask = square_frame(32, 32)
+    session.step(frame, mask)
+    for x in range(34, 50, 2):
+        session.step(square_frame(x, 32)[0])
+    assert 0 < len(session.memory) <= 300
+    assert len(session.bank) == (96 // 8) * (128 // 8)  # the annotated frame's grid, untouched
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "max_size"),
+    [(480, 854, 512), (96, 128, 512), (480, 640, 1024), (1080, 1920, 512), (720, 1280, 384), (100, 300, 64)],
+)
+def test_processing_size_is_aligned_and_never_scales_up(height, width, max_size):
+    h, w = processing_size(height, width, max_size)
+    assert h % 32 == 0 and w % 32 == 0 and h >= 32 and w >= 32
+    scale = min(1.0, max_size / max(height, width))
+    # Only alignment moves a side away from the scaled size (by at most half a step of 32).
+    assert abs(h - height * scale) <= 16 and abs(w - width * scale) <= 16
+
+
+def test_processing_size_keeps_aligned_small_frames_and_scales_large_ones():
+    assert processing_size(96, 128, 512) == (96, 128)
+    assert processing_size(480, 640, 1024) == (480, 640)
+    assert processing_size(480, 854, 512) == (288, 512)
+    assert processing_size(10, 20, 512) == (32, 32)
+
+
+def test_session_config_starts_from_the_models_settings_then_overrides(tiny_model):
+    model = create_model(ModelConfig(backbone="tiny", inference={"k": 3, "max_size": 256}), pretrained=False)
+    config = session_config_for(model, k=None, online=False)
+    assert config.retrieval.k == 3 and config.max_size == 256 and config.online is False
+    assert session_config_for(model, k=7, max_size=None).retrieval.k == 7
+    with pytest.raises(VosError):
+        SessionConfig(max_size=16)
+
+
+# ---- model files --------------------------------------------------------------------------------
+
+
+def test_build_model_of_a_missing_or_foreign_file_is_a_vos_error(tmp_path):
+    with pytest.raises(VosError, match="does not exist"):
+        build_model(tmp_path / "missing.pt")
+    text = tmp_path / "notes.pt"
+    text.write_text("not a model\n")
+    with pytest.raises(VosError, match="not a readable model file"):
+        build_model(text)
+    foreign = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, foreign)
+    with pytest.raises(VosError, match="not a vosctl model file"):
+        build_model(foreign)
+
+
+@pytest.mark.parametrize("train_backbone", [False, True])
+def test_model_file_round_trip_gives_the_same_embeddings(tmp_path, train_backbone):
+    config = ModelConfig(backbone="tiny", head="embedding", dim=16, hidden=16, train_backbone=train_backbone)
+    model = create_model(config, pretrained=False).eval()
+    if train_backbone:  # a fine-tuned backbone differs from the stock one: the file must carry it
+        with torch.no_grad():
+            for parameter in model.backbone.parameters():
+                parameter.add_(0.05)
+    path = tmp_path / "model.pt"
+    save_model_file(model, path)
+    assert not [p for p in tmp_path.iterdir() if p.name != "model.pt"], "no temporary file left"
+    loaded = build_model(path)
+    assert not loaded.training
+    assert loaded.config == model.config
+    image = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1)) * 255
+    with torch.inference_mode():
+        expected = model.embed(image, 0.1)
+        got = loaded.embed(image, 0.1)
+    assert got.shape == (2, 16, 8, 12)
+    # Weights are stored in half precision: unit vectors agree to fp16 rounding.
+    assert torch.allclose(got, expected, atol=1e-2)
+    assert (got * expected).sum(1).min() > 0.999
+    assert isinstance(load_model_file(path).head, type(model.head))
