@@ -32,10 +32,16 @@ class SessionConfig:
     max_size: int = 512  # longer side of the image the network sees
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     online: bool = True
-    memory_size: int = 16384  # pixels in the online memory
+    # A small memory of recent frames beat larger ones on the dev split (J 0.777 at 2048 pixels,
+    # 0.759 at 4096, 0.705 at 16384 without the temporal prior) and keeps retrieval cheap.
+    memory_size: int = 2048  # pixels in the online memory (8 frames of 256)
     memory_threshold: float = 0.95  # a pixel joins the memory when its top probability reaches this
-    memory_per_frame: int = 1024  # at most this many pixels join per frame
-    refine: str = "none"
+    memory_per_frame: int = 256  # at most this many pixels join per frame
+    refine: str = "bilateral"
+    # Temporal prior: an object is expected within ``prior_radius`` grid cells of where it was in
+    # the previous frame; elsewhere its probability is scaled by ``prior_floor`` (1.0 disables).
+    prior_radius: int = 4
+    prior_floor: float = 0.1
     half: bool = True  # half precision on CUDA
 
     def __post_init__(self) -> None:
@@ -45,13 +51,13 @@ class SessionConfig:
             raise VosError(f"Unknown refinement '{self.refine}'; choose one of: {', '.join(REFINERS)}.")
         if not 0.0 < self.memory_threshold <= 1.0:
             raise VosError("The memory threshold must be in (0, 1].")
+        if self.prior_radius < 0 or not 0.0 <= self.prior_floor <= 1.0:
+            raise VosError("The temporal prior needs a radius of zero or more and a floor in [0, 1].")
 
     def with_overrides(self, **changes) -> SessionConfig:
         """A copy with the given settings changed; ``None`` values are ignored."""
         retrieval_keys = {k for k in changes if k in RetrievalConfig.__dataclass_fields__}
-        retrieval = replace(
-            self.retrieval, **{k: changes[k] for k in retrieval_keys if changes[k] is not None}
-        )
+        retrieval = replace(self.retrieval, **{k: changes[k] for k in retrieval_keys if changes[k] is not None})
         rest = {k: v for k, v in changes.items() if k not in retrieval_keys and v is not None}
         return replace(self, retrieval=retrieval, **rest)
 
@@ -91,6 +97,7 @@ class VideoSession:
         self.frame_size: tuple[int, int] | None = None
         self.timings: dict[str, float] = defaultdict(float)
         self._generator = torch.Generator().manual_seed(0)
+        self._previous: torch.Tensor | None = None  # (K + 1, gh, gw) grid probabilities of the last frame
 
     # ---- edges ---------------------------------------------------------------------------------
     def _prepare(self, frame: np.ndarray) -> torch.Tensor:
@@ -106,9 +113,7 @@ class VideoSession:
                 f"{self.frame_size[1]}x{self.frame_size[0]}."
             )
         h, w = processing_size(height, width, self.config.max_size)
-        small = (
-            cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (height, width) else frame
-        )
+        small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (height, width) else frame
         return torch.from_numpy(np.ascontiguousarray(small)).to(self.device).permute(2, 0, 1)[None].float()
 
     def _timed(self, stage: str, start: float) -> float:
@@ -161,6 +166,18 @@ class VideoSession:
             raise VosError("The first frame needs a mask: the session has no reference yet.")
         return PixelSet.concat(parts) if len(parts) > 1 else parts[0]
 
+    def _apply_prior(self, probs: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(M, K + 1) -> (M, K + 1): damp objects far from where they were in the previous frame."""
+        previous, self._previous = self._previous, None
+        if previous is None or self.config.prior_floor >= 1.0 or previous.shape[0] != probs.shape[1]:
+            return probs
+        r = self.config.prior_radius
+        near = F.max_pool2d(previous[None, 1:], 2 * r + 1, stride=1, padding=r)[0]  # (K, gh, gw)
+        scale = torch.ones_like(probs)
+        scale[:, 1:] = self.config.prior_floor + (1.0 - self.config.prior_floor) * near.reshape(len(near), -1).T
+        probs = probs * scale
+        return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
     def _remember(self, pixels: PixelSet, probs: torch.Tensor) -> None:
         """Confident pixels of this frame join the online memory (at most ``memory_per_frame``)."""
         confidence, labels = probs.max(dim=1)
@@ -189,8 +206,12 @@ class VideoSession:
             self._add_reference(pixels, mask, grid)
             self.frame_index += 1
             slots = torch.from_numpy(self.registry.to_slots(mask.astype(np.uint8)))
-            return F.one_hot(slots, self.registry.num_slots).permute(2, 0, 1).float()
+            given = F.one_hot(slots, self.registry.num_slots).permute(2, 0, 1).float()
+            self._previous = F.adaptive_avg_pool2d(given[None], grid)[0].to(self.device)
+            return given
         probs, _ = knn_probabilities(pixels, self._bank(), self.registry.num_slots, self.config.retrieval)
+        probs = self._apply_prior(probs, grid)
+        self._previous = probs.T.reshape(-1, *grid).float()
         start = self._timed("retrieve", start)
         if self.config.online:
             self._remember(pixels, probs)

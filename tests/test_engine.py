@@ -297,3 +297,24 @@ def test_model_file_round_trip_gives_the_same_embeddings(tmp_path, train_backbon
     assert torch.allclose(got, expected, atol=1e-2)
     assert (got * expected).sum(1).min() > 0.999
     assert isinstance(load_model_file(path).head, type(model.head))
+
+
+def test_temporal_prior_damps_an_object_far_from_where_it_was(tiny_model):
+    session = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none"))
+    # Previous frame: the object filled the top-left cell of a 4x4 grid.
+    previous = torch.zeros(2, 4, 4)
+    previous[0] = 1.0
+    previous[0, 0, 0], previous[1, 0, 0] = 0.0, 1.0
+    session._previous = previous
+    probs = torch.full((16, 2), 0.5)  # retrieval is undecided everywhere
+    out = session._apply_prior(probs, (4, 4))
+    assert torch.allclose(out.sum(1), torch.ones(16))
+    near, far = out[0 * 4 + 1], out[3 * 4 + 3]  # cell (0, 1) is within the radius, (3, 3) is not
+    assert near[1] == pytest.approx(0.5)
+    assert far[1] == pytest.approx(0.1 * 0.5 / (0.1 * 0.5 + 0.5))
+    # A floor of 1 switches the prior off.
+    session = VideoSession(tiny_model, SessionConfig(prior_floor=1.0, refine="none"))
+    session._previous = previous
+    assert torch.equal(session._apply_prior(probs, (4, 4)), probs)
+    with pytest.raises(VosError):
+        SessionConfig(prior_floor=1.5)
