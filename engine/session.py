@@ -32,11 +32,11 @@ class SessionConfig:
     max_size: int = 512  # longer side of the image the network sees
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     online: bool = True
-    # A small memory of recent frames beat larger ones on the dev split (J 0.777 at 2048 pixels,
-    # 0.759 at 4096, 0.705 at 16384 without the temporal prior) and keeps retrieval cheap.
-    memory_size: int = 2048  # pixels in the online memory (8 frames of 256)
+    # A small memory of recent frames beat larger ones on the dev split (J&F 0.749 at 1024 pixels,
+    # 0.742 at 2048, 0.726 at 4096) and keeps retrieval cheap.
+    memory_size: int = 1024  # pixels in the online memory (8 frames of 128)
     memory_threshold: float = 0.95  # a pixel joins the memory when its top probability reaches this
-    memory_per_frame: int = 256  # at most this many pixels join per frame
+    memory_per_frame: int = 128  # at most this many pixels join per frame
     refine: str = "bilateral"
     # Temporal prior: an object is expected within ``prior_radius`` grid cells of where it was in
     # the previous frame; elsewhere its probability is scaled by ``prior_floor`` (1.0 disables).
