@@ -63,15 +63,19 @@ def knn_probabilities(
     for start in range(0, len(query), config.chunk):
         q_keys = query.keys[start : start + config.chunk]
         q_xy = query.coords[start : start + config.chunk, :2].float()
-        d2 = _squared_distances(q_keys, q_xy, keys, xy, config.spatial_weight).float()
-        top_d2, top_i = torch.topk(d2, k, dim=1, largest=False)
+        if config.spatial_weight > 0:
+            d2 = _squared_distances(q_keys, q_xy, keys, xy, config.spatial_weight).float()
+            top_d2, top_i = torch.topk(d2, k, dim=1, largest=False)
+        else:  # rank by similarity and convert only the k winners: two passes fewer over the scores
+            top_sim, top_i = torch.topk(q_keys @ keys.T, k, dim=1)
+            top_d2 = (2.0 - 2.0 * top_sim.float()).clamp_min(0.0)
         if config.vote == "uniform":
             weights = torch.ones_like(top_d2)
         elif config.vote == "softmax":
             weights = torch.softmax(-top_d2 / config.temperature, dim=1)
         else:
             weights = 1.0 / (top_d2.clamp_min(0) + 1e-4)
-        votes = torch.zeros(len(q_keys), num_labels, device=d2.device)
+        votes = torch.zeros(len(q_keys), num_labels, device=top_d2.device)
         votes.scatter_add_(1, bank.labels[top_i], weights)
         probs.append(votes / votes.sum(dim=1, keepdim=True))
         nearest.append(top_d2[:, 0])

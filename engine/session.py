@@ -42,6 +42,10 @@ class SessionConfig:
     # the previous frame; elsewhere its probability is scaled by ``prior_floor`` (1.0 disables).
     prior_radius: int = 4
     prior_floor: float = 0.1
+    # Optionally project wide embeddings (the untrained features have 472 dimensions) onto the
+    # first frame's top principal directions: retrieval cost is linear in the dimension. Off by
+    # default: on the dev split 128 dimensions cut retrieval time by ~40% but J fell 0.774 -> 0.756.
+    project_dim: int | None = None
     half: bool = True  # half precision on CUDA
 
     def __post_init__(self) -> None:
@@ -98,6 +102,7 @@ class VideoSession:
         self.timings: dict[str, float] = defaultdict(float)
         self._generator = torch.Generator().manual_seed(0)
         self._previous: torch.Tensor | None = None  # (K + 1, gh, gw) grid probabilities of the last frame
+        self._projection: torch.Tensor | None = None  # (D, project_dim), fitted on the first reference
 
     # ---- edges ---------------------------------------------------------------------------------
     def _prepare(self, frame: np.ndarray) -> torch.Tensor:
@@ -132,6 +137,13 @@ class VideoSession:
         d, gh, gw = emb.shape
         keys = emb.reshape(d, -1).T.contiguous()
         keys = keys.half() if use_half else keys.float()
+        if self._projection is None and self.config.project_dim and self.config.project_dim < d:
+            # Right singular vectors of the first frame's keys: dot products of projected unit
+            # vectors stay close to the cosines, which is all retrieval uses.
+            _, _, vh = torch.linalg.svd(keys.float(), full_matrices=False)
+            self._projection = vh[: self.config.project_dim].T.to(keys.dtype).contiguous()
+        if self._projection is not None:
+            keys = keys @ self._projection
         coords = coordinate_grid(gh, gw, t, device=self.device).reshape(3, -1).T
         empty = torch.empty(0, dtype=torch.long, device=self.device)
         return PixelSet(keys, coords, empty)

@@ -318,3 +318,19 @@ def test_temporal_prior_damps_an_object_far_from_where_it_was(tiny_model):
     assert torch.equal(session._apply_prior(probs, (4, 4)), probs)
     with pytest.raises(VosError):
         SessionConfig(prior_floor=1.5)
+
+
+def test_projection_keeps_retrieval_close_to_the_full_embedding(tiny_model):
+    """Projected onto the first frame's principal directions, the keys shrink and labels barely change."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[16:48, 24:72] = 1
+    full = VideoSession(tiny_model, SessionConfig(refine="none", online=False))
+    small = VideoSession(tiny_model, SessionConfig(refine="none", online=False, project_dim=4))
+    for session in (full, small):
+        session.step(frame, mask)
+    assert small.bank.pixels().keys.shape[1] == 4 < full.bank.pixels().keys.shape[1]
+    moved = np.roll(frame, 3, axis=1)
+    agree = (full.to_ids(full.step(moved)) == small.to_ids(small.step(moved))).mean()
+    assert agree > 0.9
