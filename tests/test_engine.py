@@ -327,10 +327,10 @@ def test_projection_keeps_retrieval_close_to_the_full_embedding(tiny_model):
     mask = np.zeros((64, 96), np.uint8)
     mask[16:48, 24:72] = 1
     full = VideoSession(tiny_model, SessionConfig(refine="none", online=False))
-    small = VideoSession(tiny_model, SessionConfig(refine="none", online=False, project_dim=4))
+    small = VideoSession(tiny_model, SessionConfig(refine="none", online=False, project_dim=12))
     for session in (full, small):
         session.step(frame, mask)
-    assert small.bank.pixels().keys.shape[1] == 4 < full.bank.pixels().keys.shape[1]
+    assert small.bank.pixels().keys.shape[1] == 12 < full.bank.pixels().keys.shape[1]
     moved = np.roll(frame, 3, axis=1)
     agree = (full.to_ids(full.step(moved)) == small.to_ids(small.step(moved))).mean()
     assert agree > 0.9
