@@ -63,8 +63,7 @@ class FeatureHead(nn.Module):
         """features [(B, C_l, h_l, w_l)], coords (B, 3, h, w) -> (B, D, h, w), unit length."""
         size = tuple(coords.shape[-2:])
         parts = [
-            F.normalize(f, dim=1) * w
-            for f, w in zip(fuse_levels(features, size), self.level_weights, strict=True)
+            F.normalize(f, dim=1) * w for f, w in zip(fuse_levels(features, size), self.level_weights, strict=True)
         ]
         return F.normalize(torch.cat(parts, dim=1), dim=1)
 

@@ -90,9 +90,7 @@ def run_sequence(
         _write_mask(folder / ann_path.name, ids, single)
         scorer.add(read_annotation(ann_path), ids)
     result = scorer.result()
-    result.update(
-        frames_total=len(frames), engine_seconds=engine_seconds, total_seconds=time.perf_counter() - start
-    )
+    result.update(frames_total=len(frames), engine_seconds=engine_seconds, total_seconds=time.perf_counter() - start)
     (folder / DONE).write_text(json.dumps({"fingerprint": stamp, "result": result}))
     return result
 
@@ -198,9 +196,7 @@ def evaluate_model(
             results.update(part)
     ordered = {seq: results[seq] for seq in sequences}
     frames = sum(r["frames_total"] for r in ordered.values())
-    summary = make_summary(
-        ordered, seconds_per_frame=sum(r["engine_seconds"] for r in ordered.values()) / frames
-    )
+    summary = make_summary(ordered, seconds_per_frame=sum(r["engine_seconds"] for r in ordered.values()) / frames)
     summary["end_to_end_seconds_per_frame"] = sum(r["total_seconds"] for r in ordered.values()) / frames
     summary["model"] = model_spec
     summary["settings"] = asdict(config)

@@ -18,8 +18,7 @@ ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help="A model file from `vosctl train`, or 'imagenet' (untrained features). "
-        "Default: the shipped model.",
+        help="A model file from `vosctl train`, or 'imagenet' (untrained features). Default: the shipped model.",
     ),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -31,9 +30,7 @@ OnlineOption = Annotated[
     bool | None,
     typer.Option("--online/--no-online", help="Online memory of confident pixels (default: on)."),
 ]
-RefineOption = Annotated[
-    Refine | None, typer.Option("--refine", help="Mask refinement (default: the model's).")
-]
+RefineOption = Annotated[Refine | None, typer.Option("--refine", help="Mask refinement (default: the model's).")]
 KOption = Annotated[int | None, typer.Option("--k", min=1, help="Neighbours that vote for each pixel.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]

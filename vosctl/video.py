@@ -95,16 +95,13 @@ class VideoSource:
                     yield Frame(index, image, frame.pts, frame.time_base)
                     index += 1
         except av.FFmpegError as error:
-            raise VosError(
-                f"The video {self.path} is damaged: decoding stopped after frame {index}."
-            ) from error
+            raise VosError(f"The video {self.path} is damaged: decoding stopped after frame {index}.") from error
         if index == 0:
             raise VosError(f"The video {self.path} has no frames.")
         if self.frame_count is not None and index < self.frame_count:
             # A file cut at a packet boundary demuxes to a clean end: only the count tells.
             raise VosError(
-                f"The video {self.path} ended after {index} of {self.frame_count} frames; "
-                "it is damaged or truncated."
+                f"The video {self.path} ended after {index} of {self.frame_count} frames; it is damaged or truncated."
             )
 
 

@@ -46,9 +46,7 @@ def davis16(
     results: Annotated[
         Path | None, typer.Option("--results", help="Score this results folder instead of running a model.")
     ] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Output folder (default: runs/eval-<split>).")
-    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: runs/eval-<split>).")] = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
     max_size: MaxSizeOption = None,
@@ -57,9 +55,7 @@ def davis16(
     k: KOption = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Worker processes sharing the sequences.")] = 1,
     gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs for the workers, e.g. 0,1 or all.")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Skip sequences finished by the same model.")
-    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip sequences finished by the same model.")] = False,
     debug: DebugOption = False,
 ) -> None:
     """Score on DAVIS 2016: J and F (mean, recall, decay), J&F, speed; results.json/csv/png."""

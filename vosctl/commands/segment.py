@@ -40,9 +40,7 @@ def segment(
         Path | None, typer.Option("-o", "--output", help="Overlay video (default: <stem>.vos.mp4).")
     ] = None,
     no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write the overlay video.")] = False,
-    masks_dir: Annotated[
-        Path | None, typer.Option("--masks-dir", help="Write one palette PNG per frame here.")
-    ] = None,
+    masks_dir: Annotated[Path | None, typer.Option("--masks-dir", help="Write one palette PNG per frame here.")] = None,
     mask_video: Annotated[
         Path | None, typer.Option("--mask-video", help="Write the masks as a (lossless) video.")
     ] = None,
@@ -101,8 +99,7 @@ def segment(
         for note in result.notes:
             console.print(f"[yellow]Note:[/] {note}")
         out.print(
-            f"Segmented {result.frames} frames in {result.seconds:.1f} s ({result.fps:.1f} fps) "
-            f"on {torch_device}."
+            f"Segmented {result.frames} frames in {result.seconds:.1f} s ({result.fps:.1f} fps) on {torch_device}."
         )
         for path in result.outputs:
             out.print(f"  wrote {path}")
