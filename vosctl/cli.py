@@ -6,6 +6,7 @@ import typer
 
 from vosctl.commands.eval import eval_app
 from vosctl.commands.segment import segment
+from vosctl.commands.train import train
 
 app = typer.Typer(
     name="vosctl",
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command("segment")(segment)
 app.add_typer(eval_app, name="eval")
+app.command("train")(train)
 
 
 @app.callback()

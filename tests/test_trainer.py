@@ -1,0 +1,293 @@
+"""Trainer: the loss against a brute-force reference, data, gradients, DDP on CPU, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from engine.errors import VosError
+from engine.factory import build_model
+from engine.model import ModelConfig, create_model
+from trainer.cache import FeatureCacheSet
+from trainer.checkpoint import load_checkpoint
+from trainer.data import IGNORE, DavisTrainingSet, load_sequence, make_loader, split_sequences
+from trainer.loss import anchor_losses, pixelwise_triplet_loss, sample_anchors
+from trainer.settings import (
+    DataSettings,
+    ModelSettings,
+    OptimSettings,
+    RunSettings,
+    TrainSettings,
+    settings_from_dict,
+    settings_to_dict,
+)
+from trainer.train import TrainingNet, _build, run_training
+from vosctl.commands.train import parse_sequence_list, train
+
+CLI_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
+
+
+def make_davis(root: Path, names=("a", "b", "c"), frames: int = 4, size: int = 64, objects: int = 1) -> Path:
+    """A tiny DAVIS-layout dataset: textured noise with ``objects`` moving rectangles per frame."""
+    for s, name in enumerate(names):
+        (root / "JPEGImages" / "480p" / name).mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / "480p" / name).mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(s)
+        for f in range(frames):
+            image = (rng.random((size, size, 3)) * 60 + 40).astype(np.uint8)
+            ids = np.zeros((size, size), np.uint8)
+            for k in range(objects):
+                x = 6 + 3 * f + s + 28 * k
+                ids[12 + 8 * k : 36 + 8 * k, x : x + 18] = k + 1
+                image[ids == k + 1] = (200, 60 + 80 * k, 50)
+            Image.fromarray(image).save(root / "JPEGImages" / "480p" / name / f"{f:05d}.jpg")
+            if objects == 1:
+                Image.fromarray(ids * 255).save(root / "Annotations" / "480p" / name / f"{f:05d}.png")
+            else:
+                mask = Image.fromarray(ids, mode="P")
+                mask.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+                mask.save(root / "Annotations" / "480p" / name / f"{f:05d}.png")
+    return root
+
+
+def tiny_settings(root: Path, out: Path, **run) -> TrainSettings:
+    run_settings = dict(steps=4, workers=0, val_every=0, checkpoint_every=0, log_every=1, progress=False)
+    run_settings |= dict(val_max_size=64, threads=1)
+    run_settings |= run
+    return TrainSettings(
+        data=DataSettings(root=root, val_sequences=("c",), crop=64, scale=(1.0, 1.0)),
+        model=ModelSettings(backbone="tiny", hidden=16, dim=8),
+        optim=OptimSettings(batch_size=2, warmup=1),
+        run=RunSettings(out=out, **run_settings),
+    )
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory) -> Path:
+    return make_davis(tmp_path_factory.mktemp("davis"))
+
+
+# ---- loss ----------------------------------------------------------------------------------------
+
+
+def brute_force(anchors, anchor_labels, pool, pool_labels, margin):
+    """The loss written as the definition reads, one anchor and one candidate at a time."""
+    losses = []
+    for a, la in zip(anchors.tolist(), anchor_labels.tolist(), strict=True):
+        pos, neg = [], []
+        for p, lp in zip(pool.tolist(), pool_labels.tolist(), strict=True):
+            if lp == IGNORE:
+                continue
+            d = sum((x - y) ** 2 for x, y in zip(a, p, strict=True))
+            (pos if lp == la else neg).append(d)
+        if pos and neg:
+            losses.append(max(0.0, min(pos) - min(neg) + margin))
+    return losses
+
+
+def test_loss_equals_brute_force_on_hand_built_embeddings():
+    torch.manual_seed(0)
+    anchors = F.normalize(torch.randn(9, 4), dim=1)
+    pool = F.normalize(torch.randn(12, 4), dim=1)
+    # Three labels (two objects); label 3 has no pool pixel, so its anchors are skipped.
+    anchor_labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 0, 1])
+    pool_labels = torch.tensor([0, 1, 2, 0, 1, 2, IGNORE, 0, 1, 2, IGNORE, 0])
+    pool[0], pool[1] = anchors[0], anchors[2]  # two anchors with a same-label twin in the pool
+    got = anchor_losses(anchors, anchor_labels, pool, pool_labels, margin=0.3)
+    want = brute_force(anchors, anchor_labels, pool, pool_labels, 0.3)
+    assert len(want) == 8  # the label-3 anchor has no positive
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+    assert 0 < sum(w > 0 for w in want) < len(want)  # both active and satisfied anchors
+
+
+def test_loss_on_frames_uses_frame_zero_as_anchors_and_the_rest_as_pool():
+    torch.manual_seed(1)
+    emb = F.normalize(torch.randn(1, 3, 4, 3, 3), dim=2)  # (B, F, D, h, w)
+    labels = torch.randint(0, 3, (1, 3, 3, 3))
+    labels[0, 1, 0, 0] = IGNORE
+    out = pixelwise_triplet_loss(
+        emb, labels, anchors_per_label=1000, margin=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    anchors = emb[0, 0].flatten(1).T
+    pool = emb[0, 1:].permute(0, 2, 3, 1).reshape(-1, 4)
+    want = brute_force(anchors, labels[0, 0].flatten(), pool, labels[0, 1:].flatten(), 0.5)
+    assert out.anchors == len(want)
+    assert float(out.loss) == pytest.approx(float(np.mean(want)), abs=1e-5)
+
+
+def test_anchors_are_capped_per_label_and_skip_ignored_pixels():
+    labels = torch.tensor([0] * 50 + [1] * 3 + [IGNORE] * 10 + [2] * 20)
+    idx = sample_anchors(labels, 8, torch.Generator().manual_seed(0))
+    counts = torch.bincount(labels[idx] + 1)
+    assert counts.tolist() == [0, 8, 3, 8]
+
+
+def test_gradients_reach_the_head_but_not_the_frozen_backbone():
+    model = create_model(ModelConfig(backbone="tiny", head="embedding", hidden=16, dim=8))
+    model.backbone.requires_grad_(False)
+    net = TrainingNet(model)
+    images = torch.rand(6, 3, 64, 64) * 255
+    emb = net(images, torch.zeros(6)).unflatten(0, (2, 3))
+    labels = torch.zeros(2, 3, 8, 8, dtype=torch.long)
+    labels[:, :, 2:6, 2:6] = 1
+    out = pixelwise_triplet_loss(emb, labels, anchors_per_label=16, margin=2.0, generator=torch.Generator())
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def test_samples_are_deterministic_whatever_the_worker_count(davis):
+    seqs = [load_sequence(davis, n) for n in ("a", "b")]
+    ds = DavisTrainingSet(seqs, crop=64, frames_per_sample=3, scale=(0.8, 1.2), jitter=0.3, seed=3)
+    one, again = ds[5], ds[5]
+    assert one["images"].shape == (3, 3, 64, 64) and one["images"].dtype == torch.uint8
+    assert one["labels"].shape == (3, 8, 8) and set(one["labels"].unique().tolist()) <= {IGNORE, 0, 1}
+    assert torch.equal(one["images"], again["images"]) and torch.equal(one["labels"], again["labels"])
+    assert not torch.equal(ds[6]["images"], one["images"])
+    batches = [next(iter(make_loader(ds, batch_size=2, first_step=1, steps=2, workers=w, pin=False))) for w in (0, 1)]
+    assert torch.equal(batches[0]["images"], batches[1]["images"])
+    assert torch.equal(batches[0]["images"][0], ds[2]["images"])  # step 1 starts at sample 2
+
+
+def test_multi_object_palette_masks_keep_their_objects(tmp_path):
+    root = make_davis(tmp_path, names=("m",), objects=2)
+    ds = DavisTrainingSet([load_sequence(root, "m")], crop=64, frames_per_sample=2, scale=(1, 1), jitter=0, seed=0)
+    assert set(ds[0]["labels"].unique().tolist()) == {0, 1, 2}
+
+
+def test_feature_cache_gives_the_backbone_features_of_whole_frames(davis, tmp_path):
+    model = create_model(ModelConfig(backbone="tiny", head="embedding"))
+    seqs = [load_sequence(davis, "a")]
+    cache = FeatureCacheSet(seqs, model, frames_per_sample=3, max_size=64, every=2, seed=0, store=tmp_path)
+    sample = cache[0]
+    assert [f.shape for f in sample["features"]] == [(3, 8, 8, 8), (3, 16, 4, 4)]
+    assert sample["labels"].shape == (3, 8, 8) and sample["t"].min() == 0
+    assert set((sample["t"] * 100).round().tolist()) <= {0.0, 2.0}  # frames 0 and 2 only
+    with torch.no_grad():
+        direct = model.backbone(model.backbone.normalisation.apply(cache_frame(seqs[0], 2)))
+    torch.testing.assert_close(cache.features[0][1][1:2].float(), direct[1], atol=2e-3, rtol=2e-3)
+    # A second set reads the stored features instead of running the backbone.
+    assert len(list(tmp_path.rglob("*.pt"))) == 1
+    model.backbone.stem[0].weight.data.zero_()
+    again = FeatureCacheSet(seqs, model, frames_per_sample=3, max_size=64, every=2, seed=0, store=tmp_path)
+    assert torch.equal(again.features[0][0], cache.features[0][0])
+    # Crops keep whole cells of the coarsest level; flips mirror features and labels together.
+    cropped = FeatureCacheSet(seqs, model, frames_per_sample=3, max_size=64, every=2, seed=0, crop=0.5, flip=True)
+    sample = cropped[1]
+    assert [f.shape for f in sample["features"]] == [(3, 8, 4, 4), (3, 16, 2, 2)]
+    assert sample["labels"].shape == (3, 4, 4)
+
+
+def cache_frame(seq, index: int) -> torch.Tensor:
+    """(1, 3, H, W) float frame ``index`` of ``seq``, as the cache reads it (64 px: no resize)."""
+    return torch.from_numpy(np.array(Image.open(seq.frames[index]).convert("RGB"))).permute(2, 0, 1)[None].float()
+
+
+# ---- training runs -------------------------------------------------------------------------------
+
+
+def test_two_cpu_processes_end_in_sync_with_one_checkpoint(davis, tmp_path):
+    settings = tiny_settings(davis, tmp_path / "run", steps=3, nproc=2)
+    result = run_training(settings=settings)
+    assert result.finished and result.step == 3
+    assert len(result.param_hashes) == 2 and result.param_hashes[0] == result.param_hashes[1]
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["best.pt", "checkpoint.pt", "metrics.jsonl", "model.pt"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["world_size"] == 2
+    assert records[-1]["param_hashes"] == result.param_hashes
+    assert any("val_J" in r for r in records)
+    # Both files load through the engine's factory, as --model takes them.
+    for name in ("model.pt", "checkpoint.pt"):
+        model = build_model(tmp_path / "run" / name)
+        assert model.config.head == "embedding" and model.dim == 8
+
+
+def test_resume_continues_exactly_where_the_run_stopped(davis, tmp_path):
+    straight = run_training(settings=tiny_settings(davis, tmp_path / "straight"))
+    paused = run_training(settings=tiny_settings(davis, tmp_path / "paused", stop_after=2))
+    assert not paused.finished and paused.model is None
+    saved = load_checkpoint(paused.checkpoint)
+    assert saved["step"] == 2
+
+    # The saved optimiser state comes back exactly.
+    settings = replace(tiny_settings(davis, tmp_path / "x"), resume=paused.checkpoint)
+    model, _, optimizer, _, _, _, start = _build(settings, torch.device("cpu"))
+    assert start == 2
+    assert_same_state(optimizer.state_dict(), saved["optimizer"])
+
+    # The data settings come from the checkpoint, so a resumed run may omit --data.
+    resume = replace(tiny_settings(None, tmp_path / "paused"), resume=paused.checkpoint)
+    resumed = run_training(settings=resume)
+    assert resumed.finished and resumed.step == 4
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert_same_state(a["head"], b["head"])
+    assert_same_state(a["optimizer"], b["optimizer"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    assert settings_from_dict(b["settings"]).data.root == davis
+
+
+def assert_same_state(a, b) -> None:
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_state(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_state(x, y)
+    else:
+        assert a == b
+
+
+def test_settings_survive_the_checkpoint_round_trip(tmp_path):
+    settings = tiny_settings(tmp_path, tmp_path / "out", stop_after=3)
+    assert settings_from_dict(settings_to_dict(settings)) == settings
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+def test_bad_data_folders_raise_one_clear_error(tmp_path, davis):
+    with pytest.raises(VosError, match="does not exist"):
+        split_sequences(tmp_path / "missing", (), ())
+    with pytest.raises(VosError, match="not in the DAVIS layout"):
+        split_sequences(tmp_path, (), ())
+    (tmp_path / "JPEGImages" / "480p").mkdir(parents=True)
+    with pytest.raises(VosError, match="no sequence"):
+        split_sequences(tmp_path, (), ())
+    with pytest.raises(VosError, match="'zebra' is not under"):
+        split_sequences(davis, (), ("zebra",))
+    with pytest.raises(VosError, match="both training and validation"):
+        split_sequences(davis, ("a",), ("a",))
+
+
+def test_cli_reports_bad_data_in_one_line(tmp_path):
+    app = typer.Typer()
+    app.command()(train)
+    result = CliRunner().invoke(app, ["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], env=CLI_ENV)
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "Traceback" not in result.output
+    help_text = CliRunner().invoke(app, ["--help"], env=CLI_ENV).output
+    assert "torchrun --nnodes 2 --nproc-per-node 8" in help_text
+
+
+def test_sequence_lists_come_as_commas_or_files(tmp_path):
+    assert parse_sequence_list("bear, boat") == ("bear", "boat")
+    listing = tmp_path / "val.txt"
+    listing.write_text("/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00000.png\nboat\n")
+    assert parse_sequence_list(str(listing)) == ("bear", "boat")

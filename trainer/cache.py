@@ -1,0 +1,167 @@
+"""Cached backbone features: train a head on a frozen backbone without running the backbone each step.
+
+With a frozen backbone the backbone's forward pass is most of a training step's cost on a CPU, and
+it gives the same features every epoch. :class:`FeatureCacheSet` computes them once per frame, at
+the size the engine's session feeds the network (longer side ``max_size``, INTER_AREA resize), so
+the head trains on exactly the features it meets at inference. The price is augmentation: what
+is left is a random window (a fixed fraction of the frame, in whole cells of the coarsest level,
+which also shifts the (x, y) coordinates the head sees) and a horizontal flip of the feature maps,
+an approximation of the features of a flipped frame. Labels are each grid cell's majority
+label, as the session labels its reference frame.
+
+With a ``store`` folder, each sequence's features are kept there and reused by later runs (the
+file is keyed by backbone, weights file name and size, and checked against the frame names).
+
+Samples are drawn as in :class:`trainer.data.DavisTrainingSet`: a pure function of
+(seed, rank, index); frame 0 of a sample is the anchor frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from engine.errors import VosError
+from engine.factory import atomic_save
+from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
+from engine.session import processing_size
+from trainer.data import IGNORE, Sequence, _remap_ids
+from vosctl.davis import read_annotation
+
+
+def grid_labels(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """(H, W) int64 labels (IGNORE allowed) -> (gh, gw): the majority label of each cell."""
+    shifted = torch.from_numpy(mask).long() - IGNORE
+    one_hot = F.one_hot(shifted, int(shifted.max()) + 1).permute(2, 0, 1)[None].float()
+    return F.adaptive_avg_pool2d(one_hot, grid)[0].argmax(0) + IGNORE
+
+
+class FeatureCacheSet(Dataset):
+    """Sample ``index`` -> ``features`` [(F, C_l, h_l, w_l) per level], ``labels`` (F, gh, gw), ``t`` (F,)."""
+
+    def __init__(
+        self,
+        sequences: list[Sequence],
+        model: EmbeddingModel,
+        *,
+        frames_per_sample: int,
+        max_size: int,
+        every: int,
+        seed: int,
+        rank: int = 0,
+        device: torch.device | str = "cpu",
+        batch: int = 4,
+        crop: float = 1.0,
+        flip: bool = False,
+        store: Path | None = None,
+    ) -> None:
+        if not sequences:
+            raise VosError("The training set needs at least one sequence.")
+        self.frames_per_sample = frames_per_sample
+        self.seed = seed
+        self.rank = rank
+        self.names = [seq.name for seq in sequences]
+        # Per sequence: frame numbers kept, their features (per level) and grid labels.
+        self.indices: list[list[int]] = []
+        self.features: list[list[torch.Tensor]] = []
+        self.labels: list[torch.Tensor] = []
+        shapes = set()
+        for seq in sequences:
+            keep = list(range(0, len(seq.frames), max(1, every)))
+            feats, labels = self._load_or_embed(seq, keep, model, max_size, device, batch, store)
+            shapes.add(tuple(labels.shape[1:]))
+            self.indices.append(keep)
+            self.features.append(feats)
+            self.labels.append(labels)
+        if len(shapes) > 1:
+            raise VosError("Cached features need frames of one size; train without --cache-features.")
+        self.crop, self.flip = crop, flip
+        self.strides = [level.stride for level in model.backbone.levels]
+        gh, gw = shapes.pop()
+        tiles = all(
+            f.shape[-2:] == (gh * OUTPUT_STRIDE // s, gw * OUTPUT_STRIDE // s)
+            for f, s in zip(self.features[0], self.strides, strict=True)
+        )
+        if crop < 1.0 and not tiles:
+            raise VosError("Cropping cached features needs a backbone whose feature maps tile the frame exactly.")
+
+    def _load_or_embed(self, seq, keep, model, max_size, device, batch, store: Path | None):
+        """Features and labels of ``seq``, from ``store`` when an earlier run left them there."""
+        if store is None:
+            return self._embed_sequence(seq, keep, model, max_size, device, batch)
+        config = model.config
+        weights = Path(config.backbone_weights).stem if config.backbone_weights else "default"
+        path = Path(store) / f"{config.backbone}-{weights}-{max_size}" / f"{seq.name}.pt"
+        names = [seq.frames[i].name for i in keep]
+        if path.is_file():
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if payload.get("frames") == names:
+                return payload["features"], payload["labels"]
+        features, labels = self._embed_sequence(seq, keep, model, max_size, device, batch)
+        atomic_save({"frames": names, "features": features, "labels": labels}, path)
+        return features, labels
+
+    @staticmethod
+    @torch.inference_mode()
+    def _embed_sequence(seq, keep, model, max_size, device, batch):
+        images, masks = [], []
+        for i in keep:
+            with Image.open(seq.frames[i]) as image:
+                frame = np.array(image.convert("RGB"))
+            h, w = processing_size(frame.shape[0], frame.shape[1], max_size)
+            if (h, w) != frame.shape[:2]:
+                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+            images.append(torch.from_numpy(frame).permute(2, 0, 1))
+            masks.append(read_annotation(seq.masks[i]))
+        grid = (images[0].shape[1] // OUTPUT_STRIDE, images[0].shape[2] // OUTPUT_STRIDE)
+        labels = _remap_ids(np.stack(masks))
+        backbone = model.backbone
+        levels: list[list[torch.Tensor]] = []
+        for start in range(0, len(images), batch):
+            chunk = torch.stack(images[start : start + batch]).to(device).float()
+            out = backbone(backbone.normalisation.apply(chunk))
+            levels.append([f.half().cpu() for f in out])
+        features = [torch.cat(parts) for parts in zip(*levels, strict=True)]
+        return features, torch.stack([grid_labels(m, grid) for m in labels])
+
+    def __len__(self) -> int:
+        return 2**62  # samples are drawn by index from an endless stream
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.rank, int(index)])
+        s = int(rng.integers(len(self.indices)))
+        n, f = len(self.indices[s]), self.frames_per_sample
+        picks = rng.choice(n, size=f, replace=n < f)
+        anchor = int(rng.integers(f))
+        order = [int(picks[anchor])] + [int(p) for i, p in enumerate(picks) if i != anchor]
+        frames = np.asarray([self.indices[s][i] for i in order])
+        features = [level[order].float() for level in self.features[s]]
+        labels = self.labels[s][order]
+        if self.crop < 1.0:
+            features, labels = self._crop(features, labels, rng)
+        if self.flip and rng.random() < 0.5:
+            features, labels = [f.flip(-1) for f in features], labels.flip(-1)
+        return {
+            "features": features,
+            "labels": labels,
+            "t": torch.tensor((frames - frames.min()) / TIME_HORIZON, dtype=torch.float32),
+        }
+
+    def _crop(self, features: list[torch.Tensor], labels: torch.Tensor, rng: np.random.Generator):
+        """One window, a fixed fraction of the frame, in whole cells of the coarsest level."""
+        coarse = max(self.strides)
+        hc, wc = (n * OUTPUT_STRIDE // coarse for n in labels.shape[-2:])
+        kh, kw = max(1, round(hc * self.crop)), max(1, round(wc * self.crop))
+        y0, x0 = int(rng.integers(hc - kh + 1)), int(rng.integers(wc - kw + 1))
+
+        def window(x: torch.Tensor, stride: int) -> torch.Tensor:
+            r = coarse // stride
+            return x[..., y0 * r : (y0 + kh) * r, x0 * r : (x0 + kw) * r]
+
+        return [window(f, s) for f, s in zip(features, self.strides, strict=True)], window(labels, OUTPUT_STRIDE)

@@ -1,0 +1,185 @@
+"""``vosctl train``: parse, call :func:`trainer.train.run_training`, report.
+
+Several machines, with torchrun (the same command, launched once per machine)::
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m vosctl train --data DAVIS --out runs/x --gpus all
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine.errors import VosError
+from trainer.settings import DataSettings, LossSettings, ModelSettings, OptimSettings, RunSettings, TrainSettings
+from vosctl.console import out, reported_errors
+from vosctl.options import DebugOption, DeviceOption
+
+
+def parse_sequence_list(value: str | None) -> tuple[str, ...]:
+    """A comma list of sequence names, or a file: one name per line, or DAVIS ImageSets lines."""
+    if not value:
+        return ()
+    path = Path(value)
+    if path.is_file():
+        names: dict[str, None] = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            tokens = line.split()
+            if tokens and not tokens[0].startswith("#"):
+                # "/JPEGImages/480p/<seq>/00000.jpg ..." names its sequence in the parent folder.
+                names.setdefault(Path(tokens[0]).parent.name if "/" in tokens[0] else tokens[0], None)
+        return tuple(names)
+    if "/" in value or value.endswith(".txt"):
+        raise VosError(f"The sequence list {value} does not exist.")
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def train(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Training videos in the DAVIS layout (JPEGImages/, Annotations/).")
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for checkpoint.pt, metrics.jsonl and model.pt.")
+    ] = Path("runs/train"),
+    sequences: Annotated[
+        str | None,
+        typer.Option(
+            "--sequences", help="Comma list or file of training sequences (default: all but --val-sequences)."
+        ),
+    ] = None,
+    val_sequences: Annotated[
+        str | None, typer.Option("--val-sequences", help="Comma list or file of sequences held back for validation J.")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (length of the lr schedule).")] = 2000,
+    stop_after: Annotated[
+        int | None, typer.Option("--stop-after", min=1, help="Pause after this step; continue with --resume.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per process and step.")] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    crop: Annotated[int, typer.Option("--crop", help="Square crop side in pixels, a multiple of 32.")] = 320,
+    frames_per_sample: Annotated[
+        int, typer.Option("--frames-per-sample", min=2, help="Frames per sample: one anchor frame + the pool.")
+    ] = 3,
+    anchors_per_label: Annotated[
+        int, typer.Option("--anchors-per-label", min=1, help="Anchor pixels drawn per label and sample.")
+    ] = 256,
+    margin: Annotated[
+        float, typer.Option("--margin", min=0.0, help="Triplet margin on the squared distance 2 - 2cos.")
+    ] = 0.7,
+    cache_features: Annotated[
+        bool,
+        typer.Option(
+            "--cache-features", help="Frozen backbone: compute its features once per frame (no augmentation)."
+        ),
+    ] = False,
+    cache_every: Annotated[
+        int, typer.Option("--cache-every", min=1, help="With --cache-features: cache every n-th frame.")
+    ] = 1,
+    cache_crop: Annotated[
+        float,
+        typer.Option(
+            "--cache-crop", min=0.1, max=1.0, help="With --cache-features: random windows this fraction of a side."
+        ),
+    ] = 1.0,
+    cache_flip: Annotated[
+        bool, typer.Option("--cache-flip", help="With --cache-features: flip the cached maps at random.")
+    ] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="With --cache-features: keep the features here for later runs.")
+    ] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 1e-4,
+    backbone: Annotated[
+        str, typer.Option("--backbone", help="efficientnet_lite0/1/2, deeplab_resnet101 or tiny.")
+    ] = "efficientnet_lite0",
+    backbone_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--backbone-weights", help="Weights file of deeplab_resnet101 (MS_DeepLab_resnet_trained_VOC.pth)."
+        ),
+    ] = None,
+    train_backbone: Annotated[
+        bool, typer.Option("--train-backbone", help="Fine-tune the backbone too (default: frozen).")
+    ] = False,
+    hidden: Annotated[int, typer.Option("--hidden", min=8, help="Channels of the head's hidden layers.")] = 128,
+    coords: Annotated[
+        bool, typer.Option("--coords/--no-coords", help="Feed the normalised (x, y, t) to the head, as the paper.")
+    ] = True,
+    gpus: Annotated[str, typer.Option("--gpus", help="GPUs, one process each: '0,1' or 'all'.")] = "",
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="CPU processes (gloo) when no --gpus.")] = 1,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads per process.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue from this checkpoint.pt with its saved settings.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (each process adds its rank).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Data loader processes per process.")] = 1,
+    val_every: Annotated[
+        int, typer.Option("--val-every", min=0, help="Validate every N steps (0: only at the end).")
+    ] = 500,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", min=0, help="Write checkpoint.pt every N steps.")
+    ] = 500,
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
+) -> None:
+    """Train the embedding head with the paper's pixel-wise triplet loss.
+
+    --gpus 0,1 starts one process per GPU (NCCL); --nproc N starts N CPU processes (gloo).
+    On several machines, run the same command under torchrun on each, e.g.:
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500
+    -m vosctl train --data DAVIS --out runs/x --gpus all
+
+    With --resume, the data, model, loss and optimiser settings come from the checkpoint;
+    --steps, --out, --gpus/--nproc/--device, --workers and --val-every may change.
+    """
+    with reported_errors(debug):
+        from trainer.train import run_training  # torch.distributed and friends only when training
+
+        settings = TrainSettings(
+            data=DataSettings(
+                root=data,
+                sequences=parse_sequence_list(sequences),
+                val_sequences=parse_sequence_list(val_sequences),
+                crop=crop,
+                frames_per_sample=frames_per_sample,
+                cache_features=cache_features,
+                cache_every=cache_every,
+                cache_crop=cache_crop,
+                cache_flip=cache_flip,
+                cache_dir=cache_dir,
+            ),
+            model=ModelSettings(
+                backbone=backbone,
+                backbone_weights=str(backbone_weights.resolve()) if backbone_weights else None,
+                train_backbone=train_backbone,
+                hidden=hidden,
+                use_coords=coords,
+            ),
+            loss=LossSettings(anchors_per_label=anchors_per_label, margin=margin),
+            optim=OptimSettings(batch_size=batch_size, lr=lr, weight_decay=weight_decay),
+            run=RunSettings(
+                out=out_dir,
+                steps=steps,
+                stop_after=stop_after,
+                workers=workers,
+                device=device,
+                gpus=gpus,
+                nproc=nproc,
+                threads=threads,
+                val_every=val_every,
+                checkpoint_every=checkpoint_every,
+            ),
+            seed=seed,
+            resume=resume,
+        )
+        result = run_training(settings=settings)
+        state = "finished" if result.finished else "paused"
+        out.print(f"Training {state} at step {result.step} in {result.seconds / 60:.1f} min.")
+        if result.val_j is not None:
+            out.print(f"  validation J {result.val_j:.4f} on {len(result.val)} sequences")
+        out.print(f"  wrote {result.checkpoint}")
+        if result.model is not None:
+            out.print(f"  wrote {result.model} (use it with --model)")
