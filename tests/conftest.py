@@ -18,7 +18,7 @@ from engine.factory import build_model, save_model_file
 from engine.model import EmbeddingModel, ModelConfig, create_model
 
 # The DAVIS 2016 train split (JPEGImages/480p/<seq>, Annotations/480p/<seq>); tests skip without it.
-DEFAULT_DAVIS = "/work/shared/data/davis2016-train"
+DEFAULT_DAVIS = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016-train")
 # A fixed console for output assertions: rich reads COLUMNS when it measures, TERM=dumb drops colours.
 CLI_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
 
