@@ -138,13 +138,10 @@ def convert_deeplab_state(state: dict[str, torch.Tensor], own: dict[str, torch.T
 
 def load_deeplab_weights(net: DeepLabResNet101, path: str | Path) -> None:
     """Load ``MS_DeepLab_resnet_trained_VOC.pth`` / ``deeplabv2_voc.pth`` into ``net`` (CPU, weights only)."""
+    from engine.factory import read_torch_file  # factory imports the model, which imports this module
+
     path = Path(path)
-    if not path.is_file():
-        raise VosError(f"The DeepLab weights file {path} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign or corrupt files
-        raise VosError(f"{path} is not a readable weights file ({type(error).__name__}).") from error
+    state = read_torch_file(path, "weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

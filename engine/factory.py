@@ -79,15 +79,24 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
+def read_torch_file(path: str | Path, what: str) -> object:
+    """``torch.load`` on the CPU with ``weights_only=True``; a missing or foreign file is a VosError.
+
+    ``what`` names the file in messages, e.g. "model file" or "checkpoint".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VosError(f"The {what} {path} does not exist.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for foreign or corrupt files
+        raise VosError(f"{path} is not a readable {what} ({type(error).__name__}).") from error
+
+
 def load_model_file(path: str | Path) -> EmbeddingModel:
     """Read a model file written by :func:`save_model_file` (or a training checkpoint)."""
     path = Path(path)
-    if not path.is_file():
-        raise VosError(f"Model file {path} does not exist.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign or corrupt files
-        raise VosError(f"{path} is not a readable model file ({type(error).__name__}).") from error
+    payload = read_torch_file(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise VosError(f"{path} is not a vosctl model file.")
     config = _config_from_dict(payload["config"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import VosError
-from engine.factory import FORMAT, atomic_save
+from engine.factory import FORMAT, atomic_save, read_torch_file
 from engine.model import EmbeddingModel
 from trainer.settings import TrainSettings, settings_from_dict, settings_to_dict
 
@@ -50,12 +50,7 @@ def save_checkpoint(
 def load_checkpoint(path: Path) -> dict:
     """The payload of a checkpoint written by :func:`save_checkpoint`, on the CPU."""
     path = Path(path)
-    if not path.is_file():
-        raise VosError(f"The checkpoint {path} does not exist.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign or corrupt files
-        raise VosError(f"{path} is not a readable checkpoint ({type(error).__name__}).") from error
+    payload = read_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") != KIND:
         raise VosError(f"{path} is not a vosctl training checkpoint (a final model file cannot be resumed).")
     return payload
