@@ -97,7 +97,8 @@ class FeatureCacheSet(Dataset):
             return self._embed_sequence(seq, keep, model, max_size, device, batch)
         config = model.config
         weights = Path(config.backbone_weights).stem if config.backbone_weights else "default"
-        path = Path(store) / f"{config.backbone}-{weights}-{max_size}" / f"{seq.name}.pt"
+        every = keep[1] - keep[0] if len(keep) > 1 else 1
+        path = Path(store) / f"{config.backbone}-{weights}-{max_size}" / f"{seq.name}-every{every}.pt"
         names = [seq.frames[i].name for i in keep]
         if path.is_file():
             payload = torch.load(path, map_location="cpu", weights_only=True)
