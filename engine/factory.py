@@ -7,14 +7,13 @@ are stored in half precision to keep the file small; loading uses ``weights_only
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 from engine.errors import VosError
+from engine.files import publish, temp_beside
 from engine.model import EmbeddingModel, ModelConfig, create_model
 
 FORMAT = "vosctl-model"
@@ -48,13 +47,12 @@ def save_model_file(model: EmbeddingModel, path: str | Path) -> None:
 def atomic_save(payload: object, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_beside(path)
     try:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

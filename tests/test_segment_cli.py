@@ -239,6 +239,11 @@ def test_mask_video_is_lossless(tmp_path, small_clip, run_cli, tiny_model_file):
         assert np.array_equal(decoded, ids), f"frame {index}"
         seen |= set(np.unique(ids).tolist())
     assert seen == {0, 1}
+    # Outputs get the permissions of any new file or folder, not the private ones of temp files.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "masks.mp4").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "masks").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_folder_of_frames_as_input(tmp_path, davis_root, run_cli, tiny_model_file):

@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from engine.errors import VosError
+from engine.files import publish, temp_beside
 
 # Container (from the file extension) -> (lossy codec for the overlay, lossless codec for masks).
 CONTAINERS = {
@@ -157,10 +158,10 @@ class AtomicOutputs:
     def file(self, final: Path) -> Path:
         final = Path(final)
         self._check(final)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent)
-        os.close(fd)
-        self._pending.append((Path(tmp), final))
-        return Path(tmp)
+        # The container format is guessed from the suffix, so the temporary file keeps it.
+        tmp = temp_beside(final, suffix=f".part{final.suffix}")
+        self._pending.append((tmp, final))
+        return tmp
 
     def folder(self, final: Path) -> Path:
         final = Path(final)
@@ -184,13 +185,9 @@ class AtomicOutputs:
 
     def commit(self) -> None:
         for tmp, final in self._pending:
-            if tmp.is_dir():
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-            else:
-                os.replace(tmp, final)
-                os.chmod(final, 0o644 & ~_umask())
+            if tmp.is_dir() and final.exists():
+                shutil.rmtree(final)
+            publish(tmp, final)
         self._pending.clear()
 
     def discard(self) -> None:
@@ -200,9 +197,3 @@ class AtomicOutputs:
             else:
                 tmp.unlink(missing_ok=True)
         self._pending.clear()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
