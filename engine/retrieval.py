@@ -6,6 +6,12 @@ Exact search: a matrix product and ``topk``, over chunks of queries so memory st
 Distance. Embeddings are unit vectors, so the squared Euclidean distance is ``2 - 2 cos``. The
 paper's spatio-temporal coordinates can enter the distance with weight ``spatial_weight``:
 ``d^2 = |e_q - e_b|^2 + w^2 |xy_q - xy_b|^2``, which prefers neighbours near the same place.
+
+Ranking is one matrix product either way. Expanding the squares, ``d^2 = 2 + w^2 |xy_q|^2 - 2 s``
+with ``s = e_q.e_b + w^2 xy_q.xy_b - w^2 |xy_b|^2 / 2``; the first terms do not depend on the bank
+pixel, so the k largest ``s`` are the k nearest, and ``s`` is the product of the query's
+``[e_q, xy_q, 1]`` with the bank's ``[e_b, w^2 xy_b, -w^2 |xy_b|^2 / 2]``. Only the k winners are
+turned into distances.
 """
 
 from __future__ import annotations
@@ -37,12 +43,16 @@ class RetrievalConfig:
             raise VosError("The vote temperature must be positive.")
 
 
-def _squared_distances(q_keys, q_xy, keys, xy, w: float) -> torch.Tensor:
-    """(M, D), (M, 2), (N, D), (N, 2) -> (M, N) squared distances."""
-    d2 = 2.0 - 2.0 * (q_keys @ keys.T)
-    if w > 0:
-        d2 = d2 + (w * w) * torch.cdist(q_xy, xy).square()
-    return d2
+def _augmented(keys: torch.Tensor, xy: torch.Tensor, w: float, *, bank: bool) -> torch.Tensor:
+    """Keys with the position terms appended (see the module docstring); unchanged when w is 0."""
+    if w <= 0:
+        return keys
+    xy = xy.to(keys.dtype)
+    if bank:
+        extra = [(w * w) * xy, (-0.5 * w * w) * xy.square().sum(1, keepdim=True)]
+    else:
+        extra = [xy, torch.ones_like(xy[:, :1])]
+    return torch.cat([keys, *extra], dim=1)
 
 
 def knn_probabilities(
@@ -57,18 +67,17 @@ def knn_probabilities(
     if len(bank) == 0:
         raise VosError("The reference bank is empty: give a mask on the first frame.")
     k = min(config.k, len(bank))
-    keys = bank.keys.to(query.keys.dtype)
-    xy = bank.coords[:, :2].float()
+    w = config.spatial_weight
+    keys = _augmented(bank.keys.to(query.keys.dtype), bank.coords[:, :2].float(), w, bank=True)
     probs, nearest = [], []
     for start in range(0, len(query), config.chunk):
-        q_keys = query.keys[start : start + config.chunk]
         q_xy = query.coords[start : start + config.chunk, :2].float()
-        if config.spatial_weight > 0:
-            d2 = _squared_distances(q_keys, q_xy, keys, xy, config.spatial_weight).float()
-            top_d2, top_i = torch.topk(d2, k, dim=1, largest=False)
-        else:  # rank by similarity and convert only the k winners: two passes fewer over the scores
-            top_sim, top_i = torch.topk(q_keys @ keys.T, k, dim=1)
-            top_d2 = (2.0 - 2.0 * top_sim.float()).clamp_min(0.0)
+        q_keys = _augmented(query.keys[start : start + config.chunk], q_xy, w, bank=False)
+        top_s, top_i = torch.topk(q_keys @ keys.T, k, dim=1)
+        top_d2 = 2.0 - 2.0 * top_s.float()
+        if w > 0:
+            top_d2 = top_d2 + (w * w) * q_xy.square().sum(1, keepdim=True)
+        top_d2 = top_d2.clamp_min(0.0)
         if config.vote == "uniform":
             weights = torch.ones_like(top_d2)
         elif config.vote == "softmax":
