@@ -9,6 +9,8 @@ Two heads share one interface, so the engine takes a trained head without changi
   L2-normalised, upsampled to stride 8 and concatenated (the untrained baseline).
 - :class:`EmbeddingHead` is the paper's head: backbone features plus the normalised (x, y, t)
   coordinates, a few convolutions, a ``dim``-d embedding per pixel (trained by ``vosctl train``).
+  With ``skip > 0`` the untrained features ride along beside the learned ones (concatenated, the
+  untrained part scaled by ``skip``), so the head learns what they lack instead of replacing them.
 """
 
 from __future__ import annotations
@@ -79,10 +81,13 @@ class EmbeddingHead(nn.Module):
         hidden: int = 128,
         depth: int = 3,
         use_coords: bool = True,
+        skip: float = 0.0,
     ) -> None:
         super().__init__()
-        self.dim = dim
         self.use_coords = use_coords
+        self.skip = FeatureHead(levels) if skip > 0 else None
+        self.skip_weight = skip
+        self.dim = dim + (self.skip.dim if self.skip is not None else 0)
         # One 1x1 projection per level keeps the wide deep levels from dominating the sum.
         self.lateral = nn.ModuleList(nn.Conv2d(level.channels, hidden, 1) for level in levels)
         layers: list[nn.Module] = []
@@ -98,7 +103,12 @@ class EmbeddingHead(nn.Module):
         size = tuple(coords.shape[-2:])
         fused = sum(lat(f) for lat, f in zip(self.lateral, fuse_levels(features, size), strict=True))
         x = torch.cat([fused, coords.to(fused.dtype)], dim=1) if self.use_coords else fused
-        return F.normalize(self.body(x), dim=1)
+        learned = F.normalize(self.body(x), dim=1)
+        if self.skip is None:
+            return learned
+        # cos(a, b) = (cos_learned + skip^2 cos_untrained) / (1 + skip^2)
+        untrained = self.skip(features, coords).to(learned.dtype) * self.skip_weight
+        return F.normalize(torch.cat([learned, untrained], dim=1), dim=1)
 
 
 @dataclass
@@ -113,6 +123,7 @@ class ModelConfig:
     hidden: int = 128
     depth: int = 3
     use_coords: bool = True
+    skip: float = 0.0  # weight of the untrained features kept beside the learned embedding (0: none)
     train_backbone: bool = False
     # Inference settings the model was tuned with; a session starts from these.
     inference: dict = field(default_factory=dict)
@@ -149,7 +160,12 @@ def make_head(config: ModelConfig, levels: tuple[FeatureLevel, ...]) -> nn.Modul
         return FeatureHead(levels)
     if config.head == "embedding":
         return EmbeddingHead(
-            levels, dim=config.dim, hidden=config.hidden, depth=config.depth, use_coords=config.use_coords
+            levels,
+            dim=config.dim,
+            hidden=config.hidden,
+            depth=config.depth,
+            use_coords=config.use_coords,
+            skip=config.skip,
         )
     raise VosError(f"Unknown head '{config.head}'; choose 'features' or 'embedding'.")
 

@@ -58,8 +58,17 @@ class SessionConfig:
         if self.prior_radius < 0 or not 0.0 <= self.prior_floor <= 1.0:
             raise VosError("The temporal prior needs a radius of zero or more and a floor in [0, 1].")
 
+    @staticmethod
+    def setting_names() -> tuple[str, ...]:
+        """The names ``with_overrides`` takes: the session's own and the retrieval's."""
+        own = [name for name in SessionConfig.__dataclass_fields__ if name != "retrieval"]
+        return (*own, *RetrievalConfig.__dataclass_fields__)
+
     def with_overrides(self, **changes) -> SessionConfig:
         """A copy with the given settings changed; ``None`` values are ignored."""
+        unknown = sorted(set(changes) - set(self.setting_names()))
+        if unknown:
+            raise VosError(f"Unknown session setting '{unknown[0]}'; choose from: {', '.join(self.setting_names())}.")
         retrieval_keys = {k for k in changes if k in RetrievalConfig.__dataclass_fields__}
         retrieval = replace(self.retrieval, **{k: changes[k] for k in retrieval_keys if changes[k] is not None})
         rest = {k: v for k, v in changes.items() if k not in retrieval_keys and v is not None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -80,6 +81,24 @@ def test_knn_chunked_equals_unchunked():
         chunked, chunked_nearest = knn_probabilities(query, bank, 3, replace(config, chunk=2))
         assert torch.allclose(whole, chunked, atol=1e-6)
         assert torch.allclose(whole_nearest, chunked_nearest, atol=1e-6)
+
+
+def test_spatial_ranking_finds_the_brute_force_nearest_neighbours():
+    generator = torch.Generator().manual_seed(1)
+    keys = torch.nn.functional.normalize(torch.randn(260, 16, generator=generator), dim=1)
+    coords = torch.rand(260, 3, generator=generator)
+    bank = PixelSet(keys[:200], coords[:200], torch.arange(200) % 4)
+    query = PixelSet(keys[200:], coords[200:], torch.zeros(60, dtype=torch.long))
+    w = 1.5
+    d2 = (
+        torch.cdist(query.keys, bank.keys).square()
+        + w * w * torch.cdist(query.coords[:, :2], bank.coords[:, :2]).square()
+    )
+    expected_d2, expected_i = torch.topk(d2, 3, dim=1, largest=False)
+    probs, nearest = knn_probabilities(query, bank, 4, RetrievalConfig(k=3, vote="uniform", spatial_weight=w))
+    torch.testing.assert_close(nearest, expected_d2[:, 0], atol=1e-5, rtol=1e-5)
+    expected = torch.zeros(60, 4).scatter_add_(1, bank.labels[expected_i], torch.full((60, 3), 1 / 3))
+    torch.testing.assert_close(probs, expected)
 
 
 def test_spatial_weight_prefers_the_neighbour_at_the_same_place():
@@ -274,6 +293,21 @@ def test_build_model_of_a_missing_or_foreign_file_is_a_vos_error(tmp_path):
         build_model(foreign)
 
 
+def test_skip_head_keeps_the_untrained_features_beside_the_learned_ones():
+    torch.manual_seed(0)
+    skip = 0.5
+    trained = create_model(ModelConfig(backbone="tiny", head="embedding", dim=8, hidden=16, skip=skip)).eval()
+    untrained = create_model(ModelConfig(backbone="tiny", head="features")).eval()
+    image = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        got, plain = trained.embed(image, 0.2), untrained.embed(image, 0.2)
+    assert trained.dim == 8 + untrained.dim and got.shape[1] == trained.dim
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(1, 8, 8))
+    # The untrained part, rescaled, is exactly the features head: cos = (cos_l + s^2 cos_u) / (1 + s^2).
+    torch.testing.assert_close(got[:, 8:] * (1 + skip**2) ** 0.5 / skip, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[:, :8].norm(dim=1), torch.full((1, 8, 8), (1 + skip**2) ** -0.5))
+
+
 @pytest.mark.parametrize("train_backbone", [False, True])
 def test_model_file_round_trip_gives_the_same_embeddings(tmp_path, train_backbone):
     config = ModelConfig(backbone="tiny", head="embedding", dim=16, hidden=16, train_backbone=train_backbone)
@@ -285,6 +319,9 @@ def test_model_file_round_trip_gives_the_same_embeddings(tmp_path, train_backbon
     path = tmp_path / "model.pt"
     save_model_file(model, path)
     assert not [p for p in tmp_path.iterdir() if p.name != "model.pt"], "no temporary file left"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "a model file others can read, as any new file"
     loaded = build_model(path)
     assert not loaded.training
     assert loaded.config == model.config

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from engine.errors import VosError
 from engine.factory import build_model
 from engine.model import ModelConfig, create_model
+from engine.session import session_config_for
 from trainer.cache import FeatureCacheSet
 from trainer.checkpoint import load_checkpoint
 from trainer.data import IGNORE, DavisTrainingSet, load_sequence, make_loader, split_sequences
@@ -31,7 +32,7 @@ from trainer.settings import (
     settings_to_dict,
 )
 from trainer.train import TrainingNet, _build, run_training
-from vosctl.commands.train import parse_sequence_list, train
+from vosctl.commands.train import parse_inference, parse_sequence_list, train
 
 CLI_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
 
@@ -200,6 +201,7 @@ def cache_frame(seq, index: int) -> torch.Tensor:
 
 def test_two_cpu_processes_end_in_sync_with_one_checkpoint(davis, tmp_path):
     settings = tiny_settings(davis, tmp_path / "run", steps=3, nproc=2)
+    settings = replace(settings, model=replace(settings.model, inference={"k": 3, "refine": "none"}))
     result = run_training(settings=settings)
     assert result.finished and result.step == 3
     assert len(result.param_hashes) == 2 and result.param_hashes[0] == result.param_hashes[1]
@@ -213,6 +215,9 @@ def test_two_cpu_processes_end_in_sync_with_one_checkpoint(davis, tmp_path):
     for name in ("model.pt", "checkpoint.pt"):
         model = build_model(tmp_path / "run" / name)
         assert model.config.head == "embedding" and model.dim == 8
+        # The session settings given with --infer travel in the file.
+        config = session_config_for(model)
+        assert config.retrieval.k == 3 and config.refine == "none"
 
 
 def test_resume_continues_exactly_where_the_run_stopped(davis, tmp_path):
@@ -256,6 +261,7 @@ def assert_same_state(a, b) -> None:
 
 def test_settings_survive_the_checkpoint_round_trip(tmp_path):
     settings = tiny_settings(tmp_path, tmp_path / "out", stop_after=3)
+    settings = replace(settings, model=replace(settings.model, skip=0.5, inference={"spatial_weight": 1.0}))
     assert settings_from_dict(settings_to_dict(settings)) == settings
 
 
@@ -284,6 +290,23 @@ def test_cli_reports_bad_data_in_one_line(tmp_path):
     assert "does not exist" in result.output and "Traceback" not in result.output
     help_text = CliRunner().invoke(app, ["--help"], env=CLI_ENV).output
     assert "torchrun --nnodes 2 --nproc-per-node 8" in help_text
+
+
+def test_inference_settings_parse_as_json_values_or_text_and_unknown_ones_fail(tmp_path):
+    assert parse_inference(["spatial_weight=1.5", "refine=none", "online=false", "k=7"]) == {
+        "spatial_weight": 1.5,
+        "refine": "none",
+        "online": False,
+        "k": 7,
+    }
+    with pytest.raises(VosError, match="NAME=VALUE"):
+        parse_inference(["spatial_weight"])
+    app = typer.Typer()
+    app.command()(train)
+    result = CliRunner().invoke(app, ["--out", str(tmp_path / "o"), "--infer", "radius=3"], env=CLI_ENV)
+    assert result.exit_code == 1
+    assert "Unknown session setting 'radius'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_sequence_lists_come_as_commas_or_files(tmp_path):

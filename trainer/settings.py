@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.errors import VosError
 from engine.model import ModelConfig
+from engine.session import SessionConfig
 
 
 @dataclass(kw_only=True)
@@ -56,6 +57,13 @@ class ModelSettings:
     hidden: int = 128
     depth: int = 3
     use_coords: bool = True
+    skip: float = 0.0  # keep the untrained features beside the learned ones, with this weight
+    # Session settings the model is meant to run with (e.g. {"spatial_weight": 1.0}); saved in the
+    # model file, so ``vosctl segment`` starts from them, and used by the validation during training.
+    inference: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        SessionConfig().with_overrides(**self.inference)  # a VosError names a bad setting now
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -66,7 +74,9 @@ class ModelSettings:
             hidden=self.hidden,
             depth=self.depth,
             use_coords=self.use_coords,
+            skip=self.skip,
             train_backbone=self.train_backbone,
+            inference=dict(self.inference),
         )
 
 

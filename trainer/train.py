@@ -30,7 +30,7 @@ from engine.backbones import backbone_names
 from engine.errors import VosError
 from engine.factory import save_model_file
 from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid, create_model
-from engine.session import SessionConfig
+from engine.session import session_config_for
 from trainer import distributed as dist
 from trainer.cache import FeatureCacheSet
 from trainer.checkpoint import checkpoint_settings, load_checkpoint, restore_checkpoint, save_checkpoint
@@ -192,9 +192,43 @@ def _build(settings: TrainSettings, device: torch.device):
 
 
 def _validate(model: EmbeddingModel, settings: TrainSettings, device: torch.device) -> dict:
-    config = SessionConfig(max_size=settings.run.val_max_size)
+    # The settings the model file will carry (``--infer``), at the validation size.
+    config = session_config_for(model, max_size=settings.run.val_max_size)
     names = list(settings.data.val_sequences)
     return evaluate_sequences(model, settings.data.root, names, config=config, device=device)
+
+
+def _dataset(settings: TrainSettings, model: EmbeddingModel, device: torch.device, rank: int):
+    """The sample stream of this rank, its loader worker count and the seconds spent caching."""
+    data, run = settings.data, settings.run
+    sequences = [load_sequence(data.root, name) for name in data.sequences]
+    if not data.cache_features:
+        dataset = DavisTrainingSet(
+            sequences,
+            crop=data.crop,
+            frames_per_sample=data.frames_per_sample,
+            scale=data.scale,
+            jitter=data.jitter,
+            seed=settings.seed,
+            rank=rank,
+        )
+        return dataset, run.workers, 0.0
+    began = time.perf_counter()
+    dataset = FeatureCacheSet(
+        sequences,
+        model,
+        frames_per_sample=data.frames_per_sample,
+        max_size=data.cache_max_size,
+        every=data.cache_every,
+        crop=data.cache_crop,
+        flip=data.cache_flip,
+        store=data.cache_dir,
+        seed=settings.seed,
+        rank=rank,
+        device=device,
+    )
+    # Workers would each copy the cache; reading it is cheap enough in this process.
+    return dataset, 0, time.perf_counter() - began
 
 
 def _train(settings: TrainSettings, device: torch.device, local_world: int) -> TrainResult:
@@ -210,35 +244,7 @@ def _train(settings: TrainSettings, device: torch.device, local_world: int) -> T
     stop = min(run.steps, run.stop_after) if run.stop_after else run.steps
     data = settings.data
     out = Path(run.out)
-    sequences = [load_sequence(data.root, name) for name in data.sequences]
-    if data.cache_features:
-        # Workers would each copy the cache; reading it is cheap enough in this process.
-        began_cache = time.perf_counter()
-        dataset = FeatureCacheSet(
-            sequences,
-            model,
-            frames_per_sample=data.frames_per_sample,
-            max_size=data.cache_max_size,
-            every=data.cache_every,
-            crop=data.cache_crop,
-            flip=data.cache_flip,
-            store=data.cache_dir,
-            seed=settings.seed,
-            rank=rank,
-            device=device,
-        )
-        workers, cache_seconds = 0, time.perf_counter() - began_cache
-    else:
-        dataset = DavisTrainingSet(
-            sequences,
-            crop=data.crop,
-            frames_per_sample=data.frames_per_sample,
-            scale=data.scale,
-            jitter=data.jitter,
-            seed=settings.seed,
-            rank=rank,
-        )
-        workers, cache_seconds = run.workers, 0.0
+    dataset, workers, cache_seconds = _dataset(settings, model, device, rank)
     loader = make_loader(
         dataset,
         batch_size=settings.optim.batch_size,

@@ -8,6 +8,7 @@ Several machines, with torchrun (the same command, launched once per machine)::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +36,21 @@ def parse_sequence_list(value: str | None) -> tuple[str, ...]:
     if "/" in value or value.endswith(".txt"):
         raise VosError(f"The sequence list {value} does not exist.")
     return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def parse_inference(pairs: list[str] | None) -> dict:
+    """["spatial_weight=1", "refine=none"] -> {"spatial_weight": 1, "refine": "none"} (JSON values, else text)."""
+    settings: dict = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise VosError(f"--infer takes NAME=VALUE, not '{pair}'.")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        settings[key.strip()] = value
+    return settings
 
 
 def train(
@@ -107,6 +123,20 @@ def train(
     coords: Annotated[
         bool, typer.Option("--coords/--no-coords", help="Feed the normalised (x, y, t) to the head, as the paper.")
     ] = True,
+    skip: Annotated[
+        float,
+        typer.Option(
+            "--skip", min=0.0, help="Keep the untrained backbone features beside the learned ones, with this weight."
+        ),
+    ] = 0.0,
+    infer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--infer",
+            metavar="NAME=VALUE",
+            help="A session setting saved in the model and used for validation, e.g. spatial_weight=1 (repeatable).",
+        ),
+    ] = None,
     gpus: Annotated[str, typer.Option("--gpus", help="GPUs, one process each: '0,1' or 'all'.")] = "",
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="CPU processes (gloo) when no --gpus.")] = 1,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads per process.")] = None,
@@ -157,6 +187,8 @@ def train(
                 train_backbone=train_backbone,
                 hidden=hidden,
                 use_coords=coords,
+                skip=skip,
+                inference=parse_inference(infer),
             ),
             loss=LossSettings(anchors_per_label=anchors_per_label, margin=margin),
             optim=OptimSettings(batch_size=batch_size, lr=lr, weight_decay=weight_decay),
