@@ -12,6 +12,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from engine.session import SessionConfig
@@ -253,7 +254,14 @@ def test_folder_of_frames_as_input(tmp_path, davis_root, run_cli, tiny_model_fil
         cv2.imwrite(str(frames / f"{index:05d}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     mask = tmp_path / "first.png"
     shutil.copy(davis_root / "Annotations" / "480p" / SEQUENCE / "00000.png", mask)  # 854x480: resized
-    result = run_cli(["segment", frames, "--mask", mask, "--model", tiny_model_file, "--masks-dir", tmp_path / "m"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = ["segment", frames, "--mask", mask, "--model", tiny_model_file, "--masks-dir", tmp_path / "m"]
+        result = run_cli([*args, "--threads", "1"])
+        assert torch.get_num_threads() == 1, "--threads sets torch's thread count"
+    finally:
+        torch.set_num_threads(before)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [f"{i:05d}.png" for i in range(6)]
     out_frames, _, info = video_frames(tmp_path / "frames.vos.mp4")

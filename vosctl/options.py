@@ -32,6 +32,10 @@ OnlineOption = Annotated[
 ]
 RefineOption = Annotated[Refine | None, typer.Option("--refine", help="Mask refinement (default: the model's).")]
 KOption = Annotated[int | None, typer.Option("--k", min=1, help="Neighbours that vote for each pixel.")]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads torch may use (default: all cores; 1 on a busy machine)."),
+]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]
 PathArgument = Path

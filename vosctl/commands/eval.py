@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.progress import (
     BarColumn,
@@ -24,6 +25,7 @@ from vosctl.options import (
     ModelOption,
     OnlineOption,
     RefineOption,
+    ThreadsOption,
 )
 
 eval_app = typer.Typer(help="Benchmarks, scored as the official evaluations.", no_args_is_help=True)
@@ -56,6 +58,7 @@ def davis16(
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Worker processes sharing the sequences.")] = 1,
     gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs for the workers, e.g. 0,1 or all.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip sequences finished by the same model.")] = False,
+    threads: ThreadsOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Score on DAVIS 2016: J and F (mean, recall, decay), J&F, speed; results.json/csv/png."""
@@ -63,6 +66,8 @@ def davis16(
     from vosctl.evaluate import score_results, summary_table, write_report
 
     with reported_errors(debug):
+        if threads is not None:
+            torch.set_num_threads(threads)
         target = out_dir or (results if results is not None else Path("runs") / f"eval-{split}")
         if results is not None:
             summary = score_results(data=data, split=split, results=results, nproc=nproc)

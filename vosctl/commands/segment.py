@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.progress import (
     BarColumn,
@@ -29,6 +30,7 @@ from vosctl.options import (
     OnlineOption,
     OverwriteOption,
     RefineOption,
+    ThreadsOption,
 )
 from vosctl.pipeline import segment_file
 
@@ -52,10 +54,13 @@ def segment(
     k: KOption = None,
     fps: Annotated[float, typer.Option("--fps", min=0.001, help="Frame rate of a folder of frames.")] = 24.0,
     overwrite: OverwriteOption = False,
+    threads: ThreadsOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Segment the object(s) of the first-frame mask in every frame of VIDEO."""
     with reported_errors(debug):
+        if threads is not None:
+            torch.set_num_threads(threads)
         torch_device = resolve_device(device)
         net = build_model(model, torch_device)
         config = session_config_for(
