@@ -185,7 +185,11 @@ class DavisTrainingSet(Dataset):
 def make_loader(
     dataset: DavisTrainingSet, *, batch_size: int, first_step: int, steps: int, workers: int, pin: bool
 ) -> DataLoader:
-    """Batches for steps ``first_step .. steps - 1``: batch ``s`` holds samples ``s*B .. s*B + B - 1``."""
+    """Batches for steps ``first_step .. steps - 1``: batch ``s`` holds samples ``s*B .. s*B + B - 1``.
+
+    Workers are spawned, not forked: a forked child inherits the parent's threads' locks (OpenMP,
+    FFmpeg codec threads of PyAV objects awaiting garbage collection) and can hang on them.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -194,4 +198,5 @@ def make_loader(
         pin_memory=pin,
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
+        multiprocessing_context="spawn" if workers > 0 else None,
     )

@@ -1,3 +1,4 @@
 from vosctl.cli import app
 
-app(prog_name="vosctl")
+if __name__ == "__main__":
+    app(prog_name="vosctl")
