@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 from engine.errors import VosError
@@ -31,3 +34,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise VosError(f"Unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps.")
     return device
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), read from /proc/cpuinfo.
+
+    Elsewhere bfloat16 is emulated and slower than float32, so it is not used.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def reduced_precision(device: torch.device) -> torch.dtype | None:
+    """The fast low-precision type of ``device``: float16 on CUDA, bfloat16 on CPUs that have it."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None

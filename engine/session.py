@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.devices import reduced_precision
 from engine.errors import VosError
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel, coordinate_grid
@@ -46,7 +47,9 @@ class SessionConfig:
     # first frame's top principal directions: retrieval cost is linear in the dimension. Off by
     # default: on the dev split 128 dimensions cut retrieval time by ~40% but J fell 0.774 -> 0.756.
     project_dim: int | None = None
-    half: bool = True  # half precision on CUDA
+    # Reduced precision where the hardware runs it natively (engine.devices.reduced_precision):
+    # float16 on CUDA, bfloat16 on CPUs with AVX512-BF16/AMX; float32 elsewhere or when False.
+    half: bool = True
 
     def __post_init__(self) -> None:
         if self.max_size < ALIGN:
@@ -140,12 +143,11 @@ class VideoSession:
     # ---- phases --------------------------------------------------------------------------------
     @torch.inference_mode()
     def _embed(self, image: torch.Tensor, t: float) -> PixelSet:
-        use_half = self.config.half and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_half):
+        dtype = reduced_precision(self.device) if self.config.half else None
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             emb = self.model.embed(image, t)[0]  # (D, gh, gw)
         d, gh, gw = emb.shape
-        keys = emb.reshape(d, -1).T.contiguous()
-        keys = keys.half() if use_half else keys.float()
+        keys = emb.reshape(d, -1).T.contiguous().to(dtype or torch.float32)
         if self._projection is None and self.config.project_dim and self.config.project_dim < d:
             # Right singular vectors of the first frame's keys: dot products of projected unit
             # vectors stay close to the cosines, which is all retrieval uses.

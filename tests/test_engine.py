@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine import devices
 from engine.errors import VosError
 from engine.factory import SHIPPED_MODEL, build_model, default_model_spec, load_model_file, save_model_file
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet
@@ -208,6 +209,27 @@ def test_session_on_the_same_frame_reproduces_the_mask(tiny_model):
     session.step(frame, mask)
     again = session.to_ids(session.step(frame))
     assert iou(again == 1, mask == 1) > 0.8
+
+
+def test_reduced_precision_is_fp16_on_cuda_and_bf16_only_on_cpus_that_have_it(monkeypatch):
+    assert devices.reduced_precision(torch.device("cuda")) == torch.float16
+    assert devices.reduced_precision(torch.device("mps")) is None
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.reduced_precision(torch.device("cpu")) is None
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.reduced_precision(torch.device("cpu")) == torch.bfloat16
+
+
+def test_bf16_session_keeps_bf16_keys_and_the_same_answer(tiny_model, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    frame, mask = square_frame(48, 32)
+    results = {}
+    for half in (True, False):
+        session = VideoSession(tiny_model, SessionConfig(online=False, half=half))
+        session.step(frame, mask)
+        assert session.bank.pixels().keys.dtype == (torch.bfloat16 if half else torch.float32)
+        results[half] = session.to_ids(session.step(frame))
+    assert iou(results[True] == 1, results[False] == 1) > 0.9
 
 
 def test_session_with_two_objects_gives_three_channels_with_their_ids(tiny_model):

@@ -32,6 +32,13 @@ OnlineOption = Annotated[
 ]
 RefineOption = Annotated[Refine | None, typer.Option("--refine", help="Mask refinement (default: the model's).")]
 KOption = Annotated[int | None, typer.Option("--k", min=1, help="Neighbours that vote for each pixel.")]
+FullPrecisionOption = Annotated[
+    bool,
+    typer.Option(
+        "--full-precision",
+        help="Compute in float32, not float16 (CUDA) or bfloat16 (CPUs with AVX512-BF16/AMX).",
+    ),
+]
 ThreadsOption = Annotated[
     int | None,
     typer.Option("--threads", min=1, help="CPU threads torch may use (default: all cores; 1 on a busy machine)."),

@@ -20,6 +20,7 @@ from vosctl.console import console, out, reported_errors
 from vosctl.options import (
     DebugOption,
     DeviceOption,
+    FullPrecisionOption,
     KOption,
     MaxSizeOption,
     ModelOption,
@@ -59,6 +60,7 @@ def davis16(
     gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs for the workers, e.g. 0,1 or all.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip sequences finished by the same model.")] = False,
     threads: ThreadsOption = None,
+    full_precision: FullPrecisionOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Score on DAVIS 2016: J and F (mean, recall, decay), J&F, speed; results.json/csv/png."""
@@ -73,6 +75,7 @@ def davis16(
             summary = score_results(data=data, split=split, results=results, nproc=nproc)
         else:
             overrides = dict(max_size=max_size, online=online, k=k, refine=refine.value if refine else None)
+            overrides["half"] = False if full_precision else None
             columns = [
                 SpinnerColumn(),
                 TextColumn("[bold]{task.description}"),

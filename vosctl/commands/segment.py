@@ -24,6 +24,7 @@ from vosctl.console import console, out, reported_errors
 from vosctl.options import (
     DebugOption,
     DeviceOption,
+    FullPrecisionOption,
     KOption,
     MaxSizeOption,
     ModelOption,
@@ -55,6 +56,7 @@ def segment(
     fps: Annotated[float, typer.Option("--fps", min=0.001, help="Frame rate of a folder of frames.")] = 24.0,
     overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
+    full_precision: FullPrecisionOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Segment the object(s) of the first-frame mask in every frame of VIDEO."""
@@ -64,7 +66,12 @@ def segment(
         torch_device = resolve_device(device)
         net = build_model(model, torch_device)
         config = session_config_for(
-            net, max_size=max_size, online=online, k=k, refine=refine.value if refine is not None else None
+            net,
+            max_size=max_size,
+            online=online,
+            k=k,
+            refine=refine.value if refine is not None else None,
+            half=False if full_precision else None,
         )
         columns = [
             SpinnerColumn(),
