@@ -388,6 +388,19 @@ def refine_probabilities(
     return refined
 
 
+def top_two_margin(probs: np.ndarray) -> np.ndarray:
+    """(K + 1, H, W) -> (H, W): largest minus second-largest channel (the largest itself for K = 0).
+
+    One elementwise pass per channel; ``np.partition`` along the outer axis is ~8x slower at 480p.
+    """
+    first = probs[0].copy()
+    second = np.zeros_like(first)
+    for channel in probs[1:]:
+        np.maximum(second, np.minimum(first, channel), out=second)
+        np.maximum(first, channel, out=first)
+    return first - second
+
+
 class BilateralRefiner:
     """The ``refiner`` of :class:`engine.session.VideoSession`: ``refiner(frame, probs) -> probs``.
 
@@ -402,8 +415,7 @@ class BilateralRefiner:
         """frame (H, W, 3) uint8 RGB; probs (K+1, H, W) numpy array or CPU torch tensor, same type back."""
         is_tensor = not isinstance(probs, np.ndarray) and hasattr(probs, "numpy")
         array = probs.numpy() if is_tensor else np.asarray(probs)
-        top2 = np.partition(array, array.shape[0] - 2, axis=0)[-2:] if array.shape[0] >= 2 else array
-        confidence = top2[-1] - top2[0]
+        confidence = top_two_margin(array)
         refined = refine_probabilities(frame, array, confidence, self.params)
         if is_tensor:
             import torch  # only when the caller already works with torch

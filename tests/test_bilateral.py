@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
-from engine.bilateral import BilateralGrid, BilateralParams, BilateralRefiner, refine_probabilities
+from engine.bilateral import BilateralGrid, BilateralParams, BilateralRefiner, refine_probabilities, top_two_margin
 from engine.errors import VosError
 
 H, W = 48, 64
@@ -215,3 +215,13 @@ def test_mismatched_shapes_raise() -> None:
         refine_probabilities(img, np.ones((2, H, W + 2), np.float32), ones, BilateralParams())
     with pytest.raises(VosError):
         refine_probabilities(img, np.ones((H, W), np.float32), ones, BilateralParams())
+
+
+def test_top_two_margin_is_the_gap_between_the_two_largest_channels():
+    rng = np.random.default_rng(0)
+    for channels in (2, 3, 6):
+        probs = rng.random((channels, 9, 11)).astype(np.float32)
+        ordered = np.sort(probs, axis=0)
+        np.testing.assert_allclose(top_two_margin(probs), ordered[-1] - ordered[-2])
+    tied = np.full((3, 2, 2), 0.25, np.float32)
+    assert not top_two_margin(tied).any()

@@ -16,7 +16,7 @@ from engine.factory import SHIPPED_MODEL, build_model, default_model_spec, load_
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet
 from engine.model import ModelConfig, create_model
 from engine.retrieval import RetrievalConfig, knn_probabilities
-from engine.session import SessionConfig, VideoSession, processing_size, session_config_for
+from engine.session import SessionConfig, VideoSession, channel_argmax, processing_size, session_config_for
 
 
 def unit(degrees: float) -> list[float]:
@@ -209,6 +209,13 @@ def test_session_on_the_same_frame_reproduces_the_mask(tiny_model):
     session.step(frame, mask)
     again = session.to_ids(session.step(frame))
     assert iou(again == 1, mask == 1) > 0.8
+
+
+def test_channel_argmax_equals_torch_argmax_ties_included():
+    generator = torch.Generator().manual_seed(0)
+    for channels in (2, 3, 5):
+        probs = torch.randint(0, 4, (channels, 17, 23), generator=generator).float()  # many ties
+        assert torch.equal(channel_argmax(probs), probs.argmax(0))
 
 
 def test_reduced_precision_is_fp16_on_cuda_and_bf16_only_on_cpus_that_have_it(monkeypatch):
