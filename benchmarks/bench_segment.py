@@ -2,6 +2,7 @@
 
     python benchmarks/bench_segment.py [--video examples/bear.mp4 --mask examples/bear.png]
         [--model PATH|imagenet] [--threads N] [--refine none|bilateral] [--no-online]
+        [--max-size N] [--full-precision]
 
 Stages: decode (PyAV, alone), embed, retrieve, memory update, refine (from the session's own
 timers), encode (overlay drawing and H.264 encoding), then the whole pipeline as the CLI runs it.
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--refine", choices=["none", "bilateral"], default=None)
     parser.add_argument("--online", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--max-size", type=int, default=None)
+    parser.add_argument("--full-precision", action="store_true", help="float32 even where bf16/fp16 is fast")
     parser.add_argument("--repeat", type=int, default=2, help="end-to-end runs; the best is reported")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,7 +50,13 @@ def main() -> None:
     del frames
 
     model = build_model(args.model, device)
-    config = session_config_for(model, refine=args.refine, online=args.online, max_size=args.max_size)
+    config = session_config_for(
+        model,
+        refine=args.refine,
+        online=args.online,
+        max_size=args.max_size,
+        half=False if args.full_precision else None,
+    )
     best = None
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.repeat):
