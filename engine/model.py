@@ -63,10 +63,11 @@ class FeatureHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """features [(B, C_l, h_l, w_l)], coords (B, 3, h, w) -> (B, D, h, w), unit length."""
-        size = tuple(coords.shape[-2:])
-        parts = [
-            F.normalize(f, dim=1) * w for f, w in zip(fuse_levels(features, size), self.level_weights, strict=True)
-        ]
+        return self.combine(fuse_levels(features, tuple(coords.shape[-2:])))
+
+    def combine(self, fused: list[torch.Tensor]) -> torch.Tensor:
+        """Levels already on the stride-8 grid (:func:`fuse_levels`) -> (B, D, h, w), unit length."""
+        parts = [F.normalize(f, dim=1) * w for f, w in zip(fused, self.level_weights, strict=True)]
         return F.normalize(torch.cat(parts, dim=1), dim=1)
 
 
@@ -100,14 +101,14 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """features [(B, C_l, h_l, w_l)], coords (B, 3, h, w) -> (B, dim, h, w), unit length."""
-        size = tuple(coords.shape[-2:])
-        fused = sum(lat(f) for lat, f in zip(self.lateral, fuse_levels(features, size), strict=True))
+        levels = fuse_levels(features, tuple(coords.shape[-2:]))
+        fused = sum(lat(f) for lat, f in zip(self.lateral, levels, strict=True))
         x = torch.cat([fused, coords.to(fused.dtype)], dim=1) if self.use_coords else fused
         learned = F.normalize(self.body(x), dim=1)
         if self.skip is None:
             return learned
-        # cos(a, b) = (cos_learned + skip^2 cos_untrained) / (1 + skip^2)
-        untrained = self.skip(features, coords).to(learned.dtype) * self.skip_weight
+        # cos(a, b) = (cos_learned + skip^2 cos_untrained) / (1 + skip^2); the levels are upsampled once.
+        untrained = self.skip.combine(levels).to(learned.dtype) * self.skip_weight
         return F.normalize(torch.cat([learned, untrained], dim=1), dim=1)
 
 
