@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import VosError
-from engine.files import publish, temp_beside
+from engine.files import write_atomic
 from engine.model import EmbeddingModel, ModelConfig, create_model
 
 FORMAT = "vosctl-model"
@@ -47,13 +47,7 @@ def save_model_file(model: EmbeddingModel, path: str | Path) -> None:
 def atomic_save(payload: object, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(path)
-    try:
-        torch.save(payload, tmp)
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _config_from_dict(raw: dict) -> ModelConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -32,3 +33,17 @@ def publish(tmp: Path, final: Path) -> None:
     """
     os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())
     os.replace(tmp, final)
+
+
+def write_atomic(final: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` fills a temporary file beside ``final``, then it replaces ``final``.
+
+    A failure (or Ctrl-C) removes the temporary file: never a half-written ``final``.
+    """
+    tmp = temp_beside(final)
+    try:
+        write(tmp)
+        publish(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -13,8 +13,6 @@ import io
 import json
 import math
 import multiprocessing
-import os
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 from rich.table import Table
 
 from engine.errors import VosError
+from engine.files import write_atomic
 from engine.metrics import BOUND_TH, STAT_KEYS, dataset_summary, f_measure, jaccard, sequence_stats
 from vosctl.davis import read_annotation, read_split, sequence_annotations
 
@@ -180,17 +179,8 @@ def _finite(value: object) -> object:
     return value
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # A unique name in the same folder (os.replace must not cross file systems); opened with
-    # "xb" rather than mkstemp so the file gets the usual umask permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_bytes(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _report_json(summary: dict) -> bytes:
@@ -232,12 +222,12 @@ def write_report(summary: dict, out: Path) -> None:
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "results.json", _report_json(summary))
-        _atomic_write(out / "results.csv", _report_csv(summary))
+        _write_bytes(out / "results.json", _report_json(summary))
+        _write_bytes(out / "results.csv", _report_csv(summary))
         ok, png = cv2.imencode(".png", render_chart(summary))
         if not ok:
             raise OSError("PNG encoding failed")
-        _atomic_write(out / "results.png", png.tobytes())
+        _write_bytes(out / "results.png", png.tobytes())
     except OSError as exc:
         raise VosError(f"The report cannot be written to {out}: {exc}.") from None
 
