@@ -42,13 +42,20 @@ class Normalisation:
 
 
 class Backbone(nn.Module):
-    """Base class: ``levels`` describes what ``forward`` returns, ``normalisation`` its input."""
+    """Base class: ``levels`` describes what ``forward`` returns, ``normalisation`` its input,
+    ``layer_strides`` the output stride of each top-level layer (state-dict prefix -> stride)."""
 
     levels: tuple[FeatureLevel, ...]
     normalisation: Normalisation
+    layer_strides: dict[str, int]
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def layers_from(self, stride: int) -> list[str]:
+        """State-dict prefixes of the layers whose output stride is at least ``stride``: the part a
+        partial fine-tuning trains (the coarse, semantic layers), leaving the costly fine ones frozen."""
+        return [name for name, s in self.layer_strides.items() if s >= stride]
 
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
@@ -157,6 +164,7 @@ class EfficientNetLite(Backbone):
         taps: list[tuple[int, FeatureLevel]] = []
         stride = 2
         n_stages = len(_LITE_STAGES)
+        block_strides: list[int] = []
         for i, (repeats, kernel, s, expand, cin, cout) in enumerate(_LITE_STAGES):
             # Lite keeps the stem and the first and last stages' sizes fixed.
             cin = cin if i == 0 else _round_filters(cin, width)
@@ -166,10 +174,14 @@ class EfficientNetLite(Backbone):
             for r in range(repeats):
                 blocks.append(_MBConv(cin if r == 0 else cout, cout, kernel, s if r == 0 else 1, expand))
             stride *= s
+            block_strides += [stride] * repeats
             if i + 1 == n_stages or _LITE_STAGES[i + 1][2] == 2:
                 if stride >= 8:
                     taps.append((len(blocks) - 1, FeatureLevel(cout, stride)))
         self._blocks = nn.ModuleList(blocks)
+        # The classifier (_conv_head, _bn1, _fc) is not part of the features: never fine-tuned.
+        self.layer_strides = {"_conv_stem": 2, "_bn0": 2}
+        self.layer_strides.update({f"_blocks.{i}": s for i, s in enumerate(block_strides)})
         self._taps = {index: n for n, (index, _) in enumerate(taps)}
         self.levels = tuple(level for _, level in taps)
         head_in = _round_filters(320, width)
@@ -247,6 +259,7 @@ class TinyBackbone(Backbone):
         )
         self.down = nn.Sequential(nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU())
         self.levels = (FeatureLevel(channels, 8), FeatureLevel(2 * channels, 16))
+        self.layer_strides = {"stem": 8, "down": 16}
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         x8 = self.stem(image)

@@ -83,6 +83,7 @@ class DeepLabResNet101(Backbone):
             stages.append(nn.Sequential(*layer))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.levels = (FeatureLevel(512, 8), FeatureLevel(2048, 8))
+        self.layer_strides = {"conv1": 2, "bn1": 2, "layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.weight.requires_grad_(False)

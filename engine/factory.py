@@ -14,7 +14,7 @@ import torch
 
 from engine.errors import VosError
 from engine.files import write_atomic
-from engine.model import EmbeddingModel, ModelConfig, create_model
+from engine.model import EmbeddingModel, ModelConfig, create_model, trained_backbone_state
 
 FORMAT = "vosctl-model"
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "default.pt"
@@ -39,8 +39,9 @@ def save_model_file(model: EmbeddingModel, path: str | Path) -> None:
         "config": asdict(model.config),
         "head": _half(model.head.state_dict()),
     }
-    if model.config.train_backbone:
-        payload["backbone"] = _half(model.backbone.state_dict())
+    backbone = trained_backbone_state(model)
+    if backbone is not None:
+        payload["backbone"] = _half(backbone)
     atomic_save(payload, path)
 
 
@@ -58,8 +59,11 @@ def _config_from_dict(raw: dict) -> ModelConfig:
     return ModelConfig(**raw)
 
 
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
-    own = module.state_dict()
+def _load_strict(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path, own: dict | None = None
+) -> None:
+    """Load ``state`` into ``module``; its keys must be exactly those of ``own`` (default: all)."""
+    own = module.state_dict() if own is None else own
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -68,7 +72,7 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
             f"({len(missing)} missing, e.g. {missing[:2]}; "
             f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})."
         )
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
 
 
 def read_torch_file(path: str | Path, what: str) -> object:
@@ -92,10 +96,13 @@ def load_model_file(path: str | Path) -> EmbeddingModel:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise VosError(f"{path} is not a vosctl model file.")
     config = _config_from_dict(payload["config"])
-    model = create_model(config, pretrained="backbone" not in payload)
+    # A partly fine-tuned backbone starts from the pretrained weights; a wholly fine-tuned one
+    # comes entirely from the file.
+    partial = config.train_backbone and config.train_backbone_from > 0
+    model = create_model(config, pretrained=partial or "backbone" not in payload)
     _load_strict(model.head, payload["head"], "head", path)
     if "backbone" in payload:
-        _load_strict(model.backbone, payload["backbone"], "backbone", path)
+        _load_strict(model.backbone, payload["backbone"], "backbone", path, trained_backbone_state(model))
     return model
 
 

@@ -126,6 +126,9 @@ class ModelConfig:
     use_coords: bool = True
     skip: float = 0.0  # weight of the untrained features kept beside the learned embedding (0: none)
     train_backbone: bool = False
+    # With train_backbone: fine-tune only the backbone layers whose output stride is at least this
+    # (0: the whole backbone). Only those layers are then saved in a model file.
+    train_backbone_from: int = 0
     # Inference settings the model was tuned with; a session starts from these.
     inference: dict = field(default_factory=dict)
 
@@ -154,6 +157,20 @@ class EmbeddingModel(nn.Module):
         ts = torch.as_tensor(t, dtype=torch.float32, device=image.device).reshape(-1).expand(b)
         coords = torch.stack([coordinate_grid(gh, gw, float(tt), device=image.device) for tt in ts])
         return self.head(features, coords)
+
+
+def trained_backbone_state(model: EmbeddingModel) -> dict[str, torch.Tensor] | None:
+    """The backbone weights training changes (None for a frozen backbone): all of them, or only the
+    layers from ``train_backbone_from`` on; the rest are the pretrained weights, rebuilt on load."""
+    if not model.config.train_backbone:
+        return None
+    state = model.backbone.state_dict()
+    if model.config.train_backbone_from <= 0:
+        return state
+    prefixes = tuple(f"{name}." for name in model.backbone.layers_from(model.config.train_backbone_from))
+    if not prefixes:
+        raise VosError(f"The backbone has no layers at stride {model.config.train_backbone_from} or coarser.")
+    return {k: v for k, v in state.items() if k.startswith(prefixes)}
 
 
 def make_head(config: ModelConfig, levels: tuple[FeatureLevel, ...]) -> nn.Module:

@@ -81,3 +81,18 @@ def test_tiny_backbone_is_reproducible_and_leaves_the_global_seed_alone():
     second = create_backbone("tiny", pretrained=False)
     for (key, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), key
+
+
+def test_layers_from_a_stride_name_the_coarse_part_of_each_backbone():
+    lite = create_backbone("efficientnet_lite0", pretrained=False)
+    assert lite.layers_from(2)[0] == "_conv_stem" and len(lite.layers_from(2)) == 2 + len(lite._blocks)
+    # Lite0: blocks 0-4 run at strides 2-8, blocks 5-10 at 16, blocks 11-15 at 32.
+    assert lite.layers_from(16) == [f"_blocks.{i}" for i in range(5, 16)]
+    assert lite.layers_from(32) == [f"_blocks.{i}" for i in range(11, 16)]
+    assert lite.layers_from(64) == []
+    # The strides are the real ones: walk the network and measure each block's output.
+    x = torch.nn.functional.relu6(lite._bn0(lite._conv_stem(torch.rand(1, 3, 64, 64))))
+    assert 64 // x.shape[-1] == lite.layer_strides["_conv_stem"]
+    for i, block in enumerate(lite._blocks):
+        x = block(x)
+        assert 64 // x.shape[-1] == lite.layer_strides[f"_blocks.{i}"]

@@ -350,16 +350,28 @@ def test_skip_head_keeps_the_untrained_features_beside_the_learned_ones():
     torch.testing.assert_close(got[:, :8].norm(dim=1), torch.full((1, 8, 8), (1 + skip**2) ** -0.5))
 
 
-@pytest.mark.parametrize("train_backbone", [False, True])
-def test_model_file_round_trip_gives_the_same_embeddings(tmp_path, train_backbone):
-    config = ModelConfig(backbone="tiny", head="embedding", dim=16, hidden=16, train_backbone=train_backbone)
+@pytest.mark.parametrize("train_backbone, train_from", [(False, 0), (True, 0), (True, 16)])
+def test_model_file_round_trip_gives_the_same_embeddings(tmp_path, train_backbone, train_from):
+    config = ModelConfig(
+        backbone="tiny",
+        head="embedding",
+        dim=16,
+        hidden=16,
+        train_backbone=train_backbone,
+        train_backbone_from=train_from,
+    )
     model = create_model(config, pretrained=False).eval()
+    tuned = model.backbone.down if train_from else model.backbone
     if train_backbone:  # a fine-tuned backbone differs from the stock one: the file must carry it
         with torch.no_grad():
-            for parameter in model.backbone.parameters():
+            for parameter in tuned.parameters():
                 parameter.add_(0.05)
     path = tmp_path / "model.pt"
     save_model_file(model, path)
+    saved = torch.load(path, weights_only=True).get("backbone", {})
+    # Only what was trained: nothing, the whole backbone, or its stride-16 layer ("down").
+    expected = {f"down.{k}" for k in tuned.state_dict()} if train_from else set(model.backbone.state_dict())
+    assert set(saved) == (expected if train_backbone else set())
     assert not [p for p in tmp_path.iterdir() if p.name != "model.pt"], "no temporary file left"
     umask = os.umask(0)
     os.umask(umask)

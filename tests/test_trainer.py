@@ -146,6 +146,31 @@ def test_gradients_reach_the_head_but_not_the_frozen_backbone():
     assert all(p.grad is None for p in model.backbone.parameters())
 
 
+def test_partial_fine_tuning_trains_only_the_coarse_layers_and_saves_only_them(davis, tmp_path):
+    settings = tiny_settings(davis, tmp_path / "run", stop_after=2)
+    settings = replace(settings, model=replace(settings.model, train_backbone=True, train_backbone_from=16))
+    stock = create_model(settings.model.model_config(), pretrained=True).backbone.state_dict()
+    paused = run_training(settings=settings)
+    saved = load_checkpoint(paused.checkpoint)
+    # The tiny backbone's layers: "stem" (stride 8) stays frozen, "down" (stride 16) trains.
+    assert set(saved["backbone"]) == {k for k in stock if k.startswith("down.")}
+    assert any(not torch.equal(saved["backbone"][k], stock[k]) for k in saved["backbone"])
+    model, *_ = _build(replace(settings, resume=paused.checkpoint), torch.device("cpu"))
+    assert all(not p.requires_grad for p in model.backbone.stem.parameters())
+    assert all(p.requires_grad for p in model.backbone.down.parameters())
+    assert_same_state(model.backbone.state_dict(), {**stock, **saved["backbone"]})
+    finished = run_training(
+        settings=replace(settings, resume=paused.checkpoint, run=replace(settings.run, stop_after=None))
+    )
+    loaded = build_model(finished.model)
+    assert_same_state(
+        {k: v for k, v in loaded.backbone.state_dict().items() if k.startswith("stem.")},
+        {k: v for k, v in stock.items() if k.startswith("stem.")},
+    )
+    with pytest.raises(VosError, match="needs --train-backbone"):
+        ModelSettings(train_backbone_from=16)
+
+
 # ---- data ----------------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import torch
 
 from engine.errors import VosError
 from engine.factory import FORMAT, atomic_save, read_torch_file
-from engine.model import EmbeddingModel
+from engine.model import EmbeddingModel, trained_backbone_state
 from trainer.settings import TrainSettings, settings_from_dict, settings_to_dict
 
 KIND = "checkpoint"
@@ -42,8 +42,9 @@ def save_checkpoint(
         "step": int(step),
         "settings": settings_to_dict(settings),
     }
-    if model.config.train_backbone:
-        payload["backbone"] = model.backbone.state_dict()
+    backbone = trained_backbone_state(model)
+    if backbone is not None:
+        payload["backbone"] = backbone
     atomic_save(payload, Path(path))
 
 
@@ -71,7 +72,11 @@ def restore_checkpoint(
     """Load the weights and the optimiser, scheduler and scaler states; returns the saved step."""
     model.head.load_state_dict(payload["head"])
     if "backbone" in payload:
-        model.backbone.load_state_dict(payload["backbone"])
+        # A partly fine-tuned backbone's checkpoint holds only its trained layers.
+        partial = model.config.train_backbone_from > 0
+        _, unexpected = model.backbone.load_state_dict(payload["backbone"], strict=not partial)
+        if unexpected:
+            raise VosError(f"The checkpoint's backbone weights do not fit the model (e.g. {unexpected[0]}).")
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     if scaler is not None and payload.get("scaler"):

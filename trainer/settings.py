@@ -53,6 +53,7 @@ class ModelSettings:
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None  # a user-supplied weights file (deeplab_resnet101)
     train_backbone: bool = False
+    train_backbone_from: int = 0  # with train_backbone: only layers at this output stride or coarser
     dim: int = 128
     hidden: int = 128
     depth: int = 3
@@ -63,6 +64,8 @@ class ModelSettings:
     inference: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.train_backbone_from and not self.train_backbone:
+            raise VosError("--train-backbone-from needs --train-backbone.")
         SessionConfig().with_overrides(**self.inference)  # a VosError names a bad setting now
 
     def model_config(self) -> ModelConfig:
@@ -76,6 +79,7 @@ class ModelSettings:
             use_coords=self.use_coords,
             skip=self.skip,
             train_backbone=self.train_backbone,
+            train_backbone_from=self.train_backbone_from,
             inference=dict(self.inference),
         )
 

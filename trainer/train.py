@@ -89,6 +89,20 @@ def set_train_mode(model: EmbeddingModel) -> None:
     model.backbone.eval()
 
 
+def set_trainable_backbone(model: EmbeddingModel) -> None:
+    """Gradients for the backbone layers being fine-tuned (all, some or none), none for the rest."""
+    backbone, config = model.backbone, model.config
+    if not config.train_backbone or config.train_backbone_from <= 0:
+        backbone.requires_grad_(config.train_backbone)
+        return
+    backbone.requires_grad_(False)
+    names = backbone.layers_from(config.train_backbone_from)
+    if not names:
+        raise VosError(f"The backbone has no layers at stride {config.train_backbone_from} or coarser.")
+    for name in names:
+        backbone.get_submodule(name).requires_grad_(True)
+
+
 def lr_schedule(*, warmup: int, total: int, min_ratio: float):
     """Linear warm-up, then cosine from 1 to ``min_ratio`` over ``total`` steps."""
 
@@ -164,7 +178,7 @@ def _build(settings: TrainSettings, device: torch.device):
     """Model, DDP-wrapped net, optimiser, scheduler, scaler and the step to start from."""
     torch.manual_seed(settings.seed)  # the same initial weights on every rank
     model = create_model(settings.model.model_config(), pretrained=True)
-    model.backbone.requires_grad_(settings.model.train_backbone)
+    set_trainable_backbone(model)
     model.to(device)
     net: nn.Module = TrainingNet(model)
     if dist.world_size() > 1:

@@ -119,6 +119,15 @@ def train(
     train_backbone: Annotated[
         bool, typer.Option("--train-backbone", help="Fine-tune the backbone too (default: frozen).")
     ] = False,
+    train_backbone_from: Annotated[
+        int,
+        typer.Option(
+            "--train-backbone-from",
+            min=0,
+            metavar="STRIDE",
+            help="With --train-backbone: fine-tune only the layers at this output stride or coarser (e.g. 16).",
+        ),
+    ] = 0,
     hidden: Annotated[int, typer.Option("--hidden", min=8, help="Channels of the head's hidden layers.")] = 128,
     coords: Annotated[
         bool, typer.Option("--coords/--no-coords", help="Feed the normalised (x, y, t) to the head, as the paper.")
@@ -185,6 +194,7 @@ def train(
                 backbone=backbone,
                 backbone_weights=str(backbone_weights.resolve()) if backbone_weights else None,
                 train_backbone=train_backbone,
+                train_backbone_from=train_backbone_from,
                 hidden=hidden,
                 use_coords=coords,
                 skip=skip,
