@@ -31,7 +31,7 @@ from trainer.settings import (
     settings_from_dict,
     settings_to_dict,
 )
-from trainer.train import TrainingNet, _build, run_training
+from trainer.train import TrainingNet, _build, _dataset, run_training
 from vosctl.commands.train import parse_inference, parse_sequence_list, train
 
 CLI_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
@@ -191,6 +191,20 @@ def test_multi_object_palette_masks_keep_their_objects(tmp_path):
     root = make_davis(tmp_path, names=("m",), objects=2)
     ds = DavisTrainingSet([load_sequence(root, "m")], crop=64, frames_per_sample=2, scale=(1, 1), jitter=0, seed=0)
     assert set(ds[0]["labels"].unique().tolist()) == {0, 1, 2}
+
+
+def test_feature_cache_is_taken_at_the_size_the_model_will_run_at(davis, tmp_path):
+    settings = tiny_settings(davis, tmp_path)
+    settings = replace(
+        settings,
+        data=replace(settings.data, cache_features=True, sequences=("a", "b")),
+        model=replace(settings.model, inference={"max_size": 32}),
+    )
+    model = create_model(settings.model.model_config())
+    dataset, _, _ = _dataset(settings, model, torch.device("cpu"), 0)
+    assert dataset[0]["labels"].shape[-2:] == (4, 4)  # 64x64 frames cached at 32x32: a 4x4 grid
+    pinned = replace(settings, data=replace(settings.data, cache_max_size=64))
+    assert _dataset(pinned, model, torch.device("cpu"), 0)[0][0]["labels"].shape[-2:] == (8, 8)
 
 
 def test_feature_cache_gives_the_backbone_features_of_whole_frames(davis, tmp_path):

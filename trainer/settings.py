@@ -32,7 +32,9 @@ class DataSettings:
     # augmentation) and train the head on them; several times faster on a CPU.
     cache_features: bool = False
     cache_every: int = 1  # cache every n-th frame (neighbouring frames are near duplicates)
-    cache_max_size: int = 512  # longer side, as the session's --max-size
+    # Longer side of the cached frames; None: the size the model will run at (its ``--infer
+    # max_size=N``, else the session's default), so the head trains on the features it meets.
+    cache_max_size: int | None = None
     cache_crop: float = 1.0  # side of a random window of the cached maps, as a fraction of the frame
     cache_flip: bool = False  # flip cached maps at random (approximates flipped frames)
     cache_dir: Path | None = None  # keep cached features here for later runs

@@ -232,7 +232,7 @@ def _dataset(settings: TrainSettings, model: EmbeddingModel, device: torch.devic
         sequences,
         model,
         frames_per_sample=data.frames_per_sample,
-        max_size=data.cache_max_size,
+        max_size=data.cache_max_size or session_config_for(model).max_size,
         every=data.cache_every,
         crop=data.cache_crop,
         flip=data.cache_flip,
