@@ -103,6 +103,14 @@ def train(
     cache_flip: Annotated[
         bool, typer.Option("--cache-flip", help="With --cache-features: flip the cached maps at random.")
     ] = False,
+    cache_max_size: Annotated[
+        int | None,
+        typer.Option(
+            "--cache-max-size",
+            min=32,
+            help="With --cache-features: longer side of the cached frames (default: the model's max_size).",
+        ),
+    ] = None,
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="With --cache-features: keep the features here for later runs.")
     ] = None,
@@ -188,6 +196,7 @@ def train(
                 cache_every=cache_every,
                 cache_crop=cache_crop,
                 cache_flip=cache_flip,
+                cache_max_size=cache_max_size,
                 cache_dir=cache_dir,
             ),
             model=ModelSettings(
