@@ -20,6 +20,11 @@ def temp_beside(final: Path, suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
+def temp_folder_beside(final: Path, suffix: str = ".tmp") -> Path:
+    """An empty, uniquely named folder in ``final``'s folder."""
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import av
 import numpy as np
 
 from engine.errors import VosError
-from engine.files import publish, temp_beside
+from engine.files import publish, temp_beside, temp_folder_beside
 
 # Container (from the file extension) -> (lossy codec for the overlay, lossless codec for masks).
 CONTAINERS = {
@@ -174,7 +173,7 @@ class AtomicOutputs:
         except OSError as error:
             raise VosError(f"Cannot create the output folder {final.parent}.") from error
         self._check_parent_writable(final.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+        tmp = temp_folder_beside(final, suffix=".part")
         self._pending.append((tmp, final))
         return tmp
 
