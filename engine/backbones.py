@@ -273,3 +273,8 @@ def tiny(*, pretrained: bool = True) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return TinyBackbone().eval()
+
+
+# The paper's DeepLab-v2 ResNet-101 lives in its own module (with its weight-file loader); importing
+# it here registers it, so every backbone name is known wherever the registry is.
+import engine.deeplab  # noqa: E402, F401

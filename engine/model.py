@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import engine.deeplab  # noqa: F401  (registers the deeplab_resnet101 backbone)
 from engine.backbones import Backbone, FeatureLevel, create_backbone
 from engine.errors import VosError
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from engine.deeplab import DeepLabResNet101
 from engine.errors import VosError
 from engine.factory import build_model, save_model_file
 from engine.model import ModelConfig, create_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +118,10 @@ def test_a_model_file_rebuilds_the_backbone_from_its_weights_path(published, tmp
     assert torch.equal(rebuilt.backbone.conv1.weight, published["Scale.conv1.weight"])
     with torch.no_grad():
         assert rebuilt.embed(torch.rand(1, 3, 64, 64) * 255).shape == (1, 8, 8, 8)
+
+
+def test_the_registry_alone_knows_the_deeplab_backbone():
+    # A fresh interpreter: this test process has imported engine.deeplab already.
+    code = "from engine.backbones import backbone_names; print(backbone_names())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "deeplab_resnet101" in out.stdout
