@@ -60,7 +60,7 @@ def _config_from_dict(raw: dict) -> ModelConfig:
 
 
 def _load_strict(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path, own: dict | None = None
+    module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: str | Path, own: dict | None = None
 ) -> None:
     """Load ``state`` into ``module``; its keys must be exactly those of ``own`` (default: all)."""
     own = module.state_dict() if own is None else own
@@ -102,8 +102,14 @@ def load_model_file(path: str | Path) -> EmbeddingModel:
     model = create_model(config, pretrained=partial or "backbone" not in payload)
     _load_strict(model.head, payload["head"], "head", path)
     if "backbone" in payload:
-        _load_strict(model.backbone, payload["backbone"], "backbone", path, trained_backbone_state(model))
+        load_trained_backbone(model, payload["backbone"], path)
     return model
+
+
+def load_trained_backbone(model: EmbeddingModel, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load the backbone weights a model file or checkpoint carries: exactly the layers training
+    changes (:func:`engine.model.trained_backbone_state`); a mismatch is a VosError naming ``source``."""
+    _load_strict(model.backbone, state, "backbone", source, trained_backbone_state(model))
 
 
 def build_model(spec: str | Path | None = None, device: str | torch.device = "cpu") -> EmbeddingModel:

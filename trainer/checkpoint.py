@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import VosError
-from engine.factory import FORMAT, atomic_save, read_torch_file
+from engine.factory import FORMAT, atomic_save, load_trained_backbone, read_torch_file
 from engine.model import EmbeddingModel, trained_backbone_state
 from trainer.settings import TrainSettings, settings_from_dict, settings_to_dict
 
@@ -72,11 +72,7 @@ def restore_checkpoint(
     """Load the weights and the optimiser, scheduler and scaler states; returns the saved step."""
     model.head.load_state_dict(payload["head"])
     if "backbone" in payload:
-        # A partly fine-tuned backbone's checkpoint holds only its trained layers.
-        partial = model.config.train_backbone_from > 0
-        _, unexpected = model.backbone.load_state_dict(payload["backbone"], strict=not partial)
-        if unexpected:
-            raise VosError(f"The checkpoint's backbone weights do not fit the model (e.g. {unexpected[0]}).")
+        load_trained_backbone(model, payload["backbone"], "the checkpoint")
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     if scaler is not None and payload.get("scaler"):

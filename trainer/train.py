@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine.backbones import backbone_names
 from engine.errors import VosError
 from engine.factory import save_model_file
-from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid, create_model
+from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid, create_model, trained_backbone_state
 from engine.session import session_config_for
 from trainer import distributed as dist
 from trainer.cache import FeatureCacheSet
@@ -90,17 +90,11 @@ def set_train_mode(model: EmbeddingModel) -> None:
 
 
 def set_trainable_backbone(model: EmbeddingModel) -> None:
-    """Gradients for the backbone layers being fine-tuned (all, some or none), none for the rest."""
-    backbone, config = model.backbone, model.config
-    if not config.train_backbone or config.train_backbone_from <= 0:
-        backbone.requires_grad_(config.train_backbone)
-        return
-    backbone.requires_grad_(False)
-    names = backbone.layers_from(config.train_backbone_from)
-    if not names:
-        raise VosError(f"The backbone has no layers at stride {config.train_backbone_from} or coarser.")
-    for name in names:
-        backbone.get_submodule(name).requires_grad_(True)
+    """Gradients for exactly the backbone weights training changes (all, some or none): those
+    :func:`engine.model.trained_backbone_state` names, which are also the ones saved."""
+    trained = trained_backbone_state(model) or {}
+    for name, parameter in model.backbone.named_parameters():
+        parameter.requires_grad_(name in trained)
 
 
 def lr_schedule(*, warmup: int, total: int, min_ratio: float):
