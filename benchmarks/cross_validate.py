@@ -1,0 +1,141 @@
+"""Five-fold cross-validation over the 30 DAVIS 2016 training sequences: a held-out score on all 30.
+
+The dev split (fold 0, ``make_dev_split.py``) is six easy-to-middling sequences; the hard ones of
+the training set (bmx-bumps, kite-walk, paragliding, surf, ...) are what DAVIS val is full of. Each
+fold's model is trained with the shipped recipe on the other 24 sequences and scored on its own 6,
+so every sequence is scored by a model that never saw it.
+
+    python benchmarks/cross_validate.py splits                  # DAVIS-layout root with f0..f4 split files
+    python benchmarks/cross_validate.py train --fold f1         # the shipped recipe without f1 (each fold)
+    python benchmarks/cross_validate.py eval --set prior_flow=true --threads 1
+    python benchmarks/cross_validate.py eval --model imagenet         # the untrained features
+
+``eval`` prints J and F per fold and over the 30 sequences (the mean over sequences, as DAVIS
+reports), for the default session settings or the ``--set`` overrides. Fold models live in
+``runs/cv/FOLD/model.pt``; fold 0's defaults to the held-out dev model ``runs/hyb-m03-s0/model.pt``
+when ``runs/cv/f0`` was not trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FOLDS = {
+    "f0": ("dance-jump", "dog-agility", "drift-turn", "horsejump-low", "motocross-bumps", "soccerball"),
+    "f1": ("bmx-bumps", "boat", "bear", "kite-walk", "mallard-fly", "rollerblade"),
+    "f2": ("breakdance-flare", "bus", "elephant", "lucia", "paragliding", "scooter-gray"),
+    "f3": ("car-turn", "flamingo", "hike", "motorbike", "stroller", "surf"),
+    "f4": ("hockey", "mallard-water", "rhino", "swing", "tennis", "train"),
+}
+# The shipped model's recipe (README, Training), with the fold's sequences held out.
+RECIPE = (
+    "--steps 600 --skip 1.0 --margin 0.3 --hidden 64 --weight-decay 0.05 --cache-features --cache-crop 0.75 "
+    "--cache-flip --cache-max-size 512 --infer spatial_weight=1.0 --seed 0"
+)
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "davis2016-train"
+CV_ROOT = ROOT / "runs" / "cv-davis"
+RUNS = ROOT / "runs" / "cv"
+
+
+def make_splits(data: Path) -> None:
+    data = data.resolve()
+    everything = sorted(s for fold in FOLDS.values() for s in fold)
+    for kind in ("JPEGImages", "Annotations"):
+        (CV_ROOT / kind / "480p").mkdir(parents=True, exist_ok=True)
+        for seq in everything:
+            link = CV_ROOT / kind / "480p" / seq
+            if not link.exists():
+                link.symlink_to(data / kind / "480p" / seq)
+    (CV_ROOT / "ImageSets" / "480p").mkdir(parents=True, exist_ok=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    for name, seqs in FOLDS.items():
+        lines = [
+            f"/JPEGImages/480p/{seq}/{ann.stem}.jpg /Annotations/480p/{seq}/{ann.name}"
+            for seq in seqs
+            for ann in sorted((data / "Annotations" / "480p" / seq).glob("*.png"))
+        ]
+        (CV_ROOT / "ImageSets" / "480p" / f"{name}.txt").write_text("\n".join(lines) + "\n")
+        (RUNS / f"{name}-train.txt").write_text("\n".join(s for s in everything if s not in seqs) + "\n")
+        print(f"{name}: {len(seqs)} sequences, {len(lines)} frames")
+
+
+def train(fold: str, data: Path, threads: int) -> None:
+    cmd = [
+        sys.executable, "-m", "vosctl", "train", "--data", str(data), "--sequences", str(RUNS / f"{fold}-train.txt"),
+        "--out", str(RUNS / fold), "--cache-dir", str(ROOT / "runs" / "feature-cache"), "--threads", str(threads),
+        *RECIPE.split(),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+
+
+def fold_model(fold: str) -> Path:
+    path = RUNS / fold / "model.pt"
+    if not path.exists() and fold == "f0":
+        path = ROOT / "runs" / "hyb-m03-s0" / "model.pt"
+    return path
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def evaluate(overrides: dict, folds: list[str], out: Path, model_spec: str | None) -> None:
+    from vosctl.eval_run import evaluate_model
+
+    slug = "_".join([model_spec or "folds", *(f"{k}={v}" for k, v in sorted(overrides.items()))])
+    out = out / slug.replace("/", "-")
+    per_sequence: dict[str, tuple[float, float]] = {}
+    start = time.time()
+    for fold in folds:
+        model = model_spec or str(fold_model(fold))
+        summary = evaluate_model(data=CV_ROOT, split=fold, out=out / fold, model_spec=model, overrides=overrides)
+        for seq, scores in summary["sequences"].items():
+            per_sequence[seq] = (scores["J_mean"], scores["F_mean"])
+        print(f"{fold}: J {summary['J_mean']:.3f} F {summary['F_mean']:.3f}", flush=True)
+    j = sum(v[0] for v in per_sequence.values()) / len(per_sequence)
+    f = sum(v[1] for v in per_sequence.values()) / len(per_sequence)
+    print(json.dumps({seq: round(v[0], 3) for seq, v in sorted(per_sequence.items())}))
+    print(f"{json.dumps(overrides)} {len(per_sequence)} sequences: J {j:.4f} F {f:.4f} ({time.time() - start:.0f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    splits = sub.add_parser("splits")
+    splits.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    tr = sub.add_parser("train")
+    tr.add_argument("--fold", choices=sorted(FOLDS), required=True)
+    tr.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    tr.add_argument("--threads", type=int, default=1)
+    ev = sub.add_parser("eval")
+    ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
+    ev.add_argument("--folds", default=",".join(FOLDS))
+    ev.add_argument("--threads", type=int, default=1)
+    ev.add_argument("--out", type=Path, default=RUNS / "results")
+    ev.add_argument("--model", help="One model for every fold (e.g. imagenet) instead of the fold models.")
+    args = parser.parse_args()
+    if args.command == "splits":
+        make_splits(args.data)
+    elif args.command == "train":
+        train(args.fold, args.data, args.threads)
+    else:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+        evaluate(overrides, args.folds.split(","), args.out, args.model)
+
+
+if __name__ == "__main__":
+    main()
