@@ -22,6 +22,7 @@ from engine.devices import reduced_precision
 from engine.errors import VosError
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel, coordinate_grid
+from engine.motion import GridFlow, warp_back
 from engine.retrieval import RetrievalConfig, knn_probabilities
 
 REFINERS = ("none", "bilateral")
@@ -46,6 +47,12 @@ class SessionConfig:
     # the previous frame; elsewhere its probability is scaled by ``prior_floor`` (1.0 disables).
     prior_radius: int = 4
     prior_floor: float = 0.1
+    # Move the previous probabilities along the optical flow (engine.motion) before widening them
+    # by ``prior_radius``, so the prior follows fast motion.
+    prior_flow: bool = False
+    # An object whose highest probability in the previous frame is below this is lost: the prior
+    # does not pin it to where it was, so retrieval over the whole frame can find it again.
+    prior_lost: float = 0.0
     # Optionally project wide embeddings (the untrained features have 472 dimensions) onto the
     # first frame's top principal directions: retrieval cost is linear in the dimension. Off by
     # default: on the dev split 128 dimensions cut retrieval time by ~40% but J fell 0.774 -> 0.756.
@@ -61,8 +68,8 @@ class SessionConfig:
             raise VosError(f"Unknown refinement '{self.refine}'; choose one of: {', '.join(REFINERS)}.")
         if not 0.0 < self.memory_threshold <= 1.0:
             raise VosError("The memory threshold must be in (0, 1].")
-        if self.prior_radius < 0 or not 0.0 <= self.prior_floor <= 1.0:
-            raise VosError("The temporal prior needs a radius of zero or more and a floor in [0, 1].")
+        if self.prior_radius < 0 or not 0.0 <= self.prior_floor <= 1.0 or not 0.0 <= self.prior_lost <= 1.0:
+            raise VosError("The temporal prior needs a radius of zero or more, and a floor and a lost level in [0, 1].")
 
     @staticmethod
     def setting_names() -> tuple[str, ...]:
@@ -118,10 +125,11 @@ class VideoSession:
         self._generator = torch.Generator().manual_seed(0)
         self._previous: torch.Tensor | None = None  # (K + 1, gh, gw) grid probabilities of the last frame
         self._projection: torch.Tensor | None = None  # (D, project_dim), fitted on the first reference
+        self._flow = GridFlow() if self.config.prior_flow and self.config.prior_floor < 1.0 else None
 
     # ---- edges ---------------------------------------------------------------------------------
-    def _prepare(self, frame: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 RGB -> (1, 3, h, w) float on the device, h and w multiples of 32."""
+    def _prepare(self, frame: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (h, w, 3) uint8 RGB, h and w multiples of 32."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise VosError("A frame must be an (H, W, 3) uint8 RGB array.")
         height, width = frame.shape[:2]
@@ -134,7 +142,7 @@ class VideoSession:
             )
         h, w = processing_size(height, width, self.config.max_size)
         small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (height, width) else frame
-        return torch.from_numpy(np.ascontiguousarray(small)).to(self.device).permute(2, 0, 1)[None].float()
+        return np.ascontiguousarray(small)
 
     def _timed(self, stage: str, start: float) -> float:
         if self.device.type == "cuda":
@@ -192,13 +200,19 @@ class VideoSession:
             raise VosError("The first frame needs a mask: the session has no reference yet.")
         return PixelSet.concat(parts) if len(parts) > 1 else parts[0]
 
-    def _apply_prior(self, probs: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def _apply_prior(
+        self, probs: torch.Tensor, grid: tuple[int, int], flow: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(M, K + 1) -> (M, K + 1): damp objects far from where they were in the previous frame."""
         previous, self._previous = self._previous, None
         if previous is None or self.config.prior_floor >= 1.0 or previous.shape[0] != probs.shape[1]:
             return probs
+        if flow is not None:
+            previous = warp_back(previous, flow)
         r = self.config.prior_radius
         near = F.max_pool2d(previous[None, 1:], 2 * r + 1, stride=1, padding=r)[0]  # (K, gh, gw)
+        lost = previous[1:].amax(dim=(1, 2)) < self.config.prior_lost
+        near[lost] = 1.0
         scale = torch.ones_like(probs)
         scale[:, 1:] = self.config.prior_floor + (1.0 - self.config.prior_floor) * near.reshape(len(near), -1).T
         probs = probs * scale
@@ -222,11 +236,15 @@ class VideoSession:
         object in registry order. A frame with a mask returns that mask as probabilities.
         """
         start = time.perf_counter()
-        image = self._prepare(frame)
+        small = self._prepare(frame)
+        image = torch.from_numpy(small).to(self.device).permute(2, 0, 1)[None].float()
         t = self.frame_index / TIME_HORIZON
         pixels = self._embed(image, t)
         grid = (image.shape[-2] // OUTPUT_STRIDE, image.shape[-1] // OUTPUT_STRIDE)
         start = self._timed("embed", start)
+        flow = self._flow.step(small, grid) if self._flow is not None else None
+        if self._flow is not None:
+            start = self._timed("flow", start)
         height, width = self.frame_size
         if mask is not None:
             self._add_reference(pixels, mask, grid)
@@ -236,7 +254,7 @@ class VideoSession:
             self._previous = F.adaptive_avg_pool2d(given[None], grid)[0].to(self.device)
             return given
         probs, _ = knn_probabilities(pixels, self._bank(), self.registry.num_slots, self.config.retrieval)
-        probs = self._apply_prior(probs, grid)
+        probs = self._apply_prior(probs, grid, flow)
         self._previous = probs.T.reshape(-1, *grid).float()
         start = self._timed("retrieve", start)
         if self.config.online:

@@ -409,6 +409,46 @@ def test_temporal_prior_damps_an_object_far_from_where_it_was(tiny_model):
     assert torch.equal(session._apply_prior(probs, (4, 4)), probs)
     with pytest.raises(VosError):
         SessionConfig(prior_floor=1.5)
+    with pytest.raises(VosError):
+        SessionConfig(prior_lost=-0.1)
+
+
+def test_temporal_prior_lets_go_of_a_lost_object(tiny_model):
+    previous = torch.zeros(2, 4, 4)
+    previous[0] = 1.0
+    previous[0, 0, 0], previous[1, 0, 0] = 0.8, 0.2  # the object was barely anywhere
+    probs = torch.full((16, 2), 0.5)
+    held = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none"))
+    held._previous = previous
+    assert held._apply_prior(probs, (4, 4))[15, 1] < 0.1  # far from its faint trace: damped
+    released = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none", prior_lost=0.5))
+    released._previous = previous
+    assert torch.allclose(released._apply_prior(probs, (4, 4)), probs)  # lost: retrieval alone decides
+    previous[0, 0, 0], previous[1, 0, 0] = 0.2, 0.8  # present: the prior holds again
+    released._previous = previous
+    assert released._apply_prior(probs, (4, 4))[15, 1] < 0.1
+
+
+def test_temporal_prior_follows_the_flow(tiny_model):
+    session = VideoSession(tiny_model, SessionConfig(prior_radius=0, prior_floor=0.1, refine="none", prior_flow=True))
+    previous = torch.zeros(2, 4, 6)
+    previous[0] = 1.0
+    previous[0, 1, 1], previous[1, 1, 1] = 0.0, 1.0  # the object was at cell (1, 1)
+    flow = torch.zeros(4, 6, 2)
+    flow[..., 0] = -3.0  # it moved three cells to the right: each cell came from three to its left
+    probs = torch.full((24, 2), 0.5)
+    session._previous = previous
+    out = session._apply_prior(probs, (4, 6), flow)
+    assert out[1 * 6 + 4, 1] == pytest.approx(0.5)  # where it went: undamped
+    assert out[1 * 6 + 1, 1] == pytest.approx(0.1 * 0.5 / (0.1 * 0.5 + 0.5))  # where it was: damped
+    # A video with the flow prior on runs end to end and times the flow.
+    frame = np.random.default_rng(0).integers(0, 255, size=(64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[16:40, 24:56] = 1
+    session = VideoSession(tiny_model, SessionConfig(refine="none", prior_flow=True))
+    session.step(frame, mask)
+    assert session.step(np.roll(frame, 8, axis=1)).shape == (2, 64, 96)
+    assert session.timings["flow"] > 0
 
 
 def test_projection_keeps_retrieval_close_to_the_full_embedding(tiny_model):
