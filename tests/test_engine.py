@@ -418,7 +418,7 @@ def test_temporal_prior_lets_go_of_a_lost_object(tiny_model):
     previous[0] = 1.0
     previous[0, 0, 0], previous[1, 0, 0] = 0.8, 0.2  # the object was barely anywhere
     probs = torch.full((16, 2), 0.5)
-    held = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none"))
+    held = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none", prior_lost=0.0))
     held._previous = previous
     assert held._apply_prior(probs, (4, 4))[15, 1] < 0.1  # far from its faint trace: damped
     released = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none", prior_lost=0.5))
