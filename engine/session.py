@@ -31,10 +31,12 @@ ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of i
 
 @dataclass(frozen=True)
 class SessionConfig:
-    # Longer side of the image the network sees. On the dev split 640 beat 512 for the untrained
-    # features (J 0.766 -> 0.792, F 0.708 -> 0.749) and the trained head (two held-out seeds, J
-    # 0.807 -> 0.819, F 0.766 -> 0.782), at 5.6 instead of 8.2 fps on 2 cores (480p input).
-    max_size: int = 640
+    # Longer side of the image the network sees: the stride-8 grid limits how thin a part can be
+    # found. On the dev split 640 beat 512 (trained head, two held-out seeds: J 0.807 -> 0.819); over
+    # the 30 training sequences (five-fold cross-validation, benchmarks/cross_validate.py) 768 beat
+    # 640 on 27 sequences of 30 (J 0.830 -> 0.839, F 0.833 -> 0.849) at 3.6 instead of 5.3 fps on
+    # 2 cores (480p input); 896 was no better (J 0.841, F 0.849) and lost fast-moving objects.
+    max_size: int = 768
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     online: bool = True
     # A small memory of recent frames beat larger ones on the dev split (J&F 0.749 at 1024 pixels,

@@ -25,7 +25,7 @@ class DataSettings:
     val_sequences: tuple[str, ...] = ()
     crop: int = 320  # square crop side, a multiple of 32; smaller frames are padded (ignored)
     frames_per_sample: int = 3  # one anchor frame + the pool frames
-    # Scale of the frames before cropping; inference at --max-size 640 sees 854x480 ones at 0.75.
+    # Scale of the frames before cropping; inference at --max-size 768 sees 854x480 ones at 0.9.
     scale: tuple[float, float] = (0.55, 0.9)
     jitter: float = 0.3  # brightness/contrast/saturation jitter strength
     # Frozen backbone only: compute its features once per frame at the inference size (no
