@@ -28,8 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.make_dev_split import DEV_SEQUENCES, write_split  # noqa: E402
+
 FOLDS = {
-    "f0": ("dance-jump", "dog-agility", "drift-turn", "horsejump-low", "motocross-bumps", "soccerball"),
+    "f0": DEV_SEQUENCES,
     "f1": ("bmx-bumps", "boat", "bear", "kite-walk", "mallard-fly", "rollerblade"),
     "f2": ("breakdance-flare", "bus", "elephant", "lucia", "paragliding", "scooter-gray"),
     "f3": ("car-turn", "flamingo", "hike", "motorbike", "stroller", "surf"),
@@ -46,25 +48,12 @@ RUNS = ROOT / "runs" / "cv"
 
 
 def make_splits(data: Path) -> None:
-    data = data.resolve()
     everything = sorted(s for fold in FOLDS.values() for s in fold)
-    for kind in ("JPEGImages", "Annotations"):
-        (CV_ROOT / kind / "480p").mkdir(parents=True, exist_ok=True)
-        for seq in everything:
-            link = CV_ROOT / kind / "480p" / seq
-            if not link.exists():
-                link.symlink_to(data / kind / "480p" / seq)
-    (CV_ROOT / "ImageSets" / "480p").mkdir(parents=True, exist_ok=True)
     RUNS.mkdir(parents=True, exist_ok=True)
     for name, seqs in FOLDS.items():
-        lines = [
-            f"/JPEGImages/480p/{seq}/{ann.stem}.jpg /Annotations/480p/{seq}/{ann.name}"
-            for seq in seqs
-            for ann in sorted((data / "Annotations" / "480p" / seq).glob("*.png"))
-        ]
-        (CV_ROOT / "ImageSets" / "480p" / f"{name}.txt").write_text("\n".join(lines) + "\n")
+        frames = write_split(data, CV_ROOT, name, seqs)
         (RUNS / f"{name}-train.txt").write_text("\n".join(s for s in everything if s not in seqs) + "\n")
-        print(f"{name}: {len(seqs)} sequences, {len(lines)} frames")
+        print(f"{name}: {len(seqs)} sequences, {frames} frames")
 
 
 def train(fold: str, data: Path, threads: int) -> None:

@@ -15,25 +15,33 @@ DEV_SEQUENCES = ("dance-jump", "dog-agility", "drift-turn", "horsejump-low", "mo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def write_split(data: Path, out: Path, name: str, sequences: tuple[str, ...]) -> int:
+    """Link ``sequences`` of the DAVIS root ``data`` into ``out`` and list their frames as split
+    ``name`` (ImageSets/480p/NAME.txt); returns the number of frames."""
+    data = data.resolve()
+    for kind in ("JPEGImages", "Annotations"):
+        (out / kind / "480p").mkdir(parents=True, exist_ok=True)
+        for seq in sequences:
+            link = out / kind / "480p" / seq
+            if not link.exists():
+                link.symlink_to(data / kind / "480p" / seq)
+    lines = [
+        f"/JPEGImages/480p/{seq}/{ann.stem}.jpg /Annotations/480p/{seq}/{ann.name}"
+        for seq in sequences
+        for ann in sorted((data / "Annotations" / "480p" / seq).glob("*.png"))
+    ]
+    (out / "ImageSets" / "480p").mkdir(parents=True, exist_ok=True)
+    (out / "ImageSets" / "480p" / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "davis2016-train")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "dev-davis")
     args = parser.parse_args()
-    data, out = args.data.resolve(), args.out
-    lines = []
-    for kind in ("JPEGImages", "Annotations"):
-        (out / kind / "480p").mkdir(parents=True, exist_ok=True)
-        for seq in DEV_SEQUENCES:
-            link = out / kind / "480p" / seq
-            if not link.exists():
-                link.symlink_to(data / kind / "480p" / seq)
-    for seq in DEV_SEQUENCES:
-        for ann in sorted((data / "Annotations" / "480p" / seq).glob("*.png")):
-            lines.append(f"/JPEGImages/480p/{seq}/{ann.stem}.jpg /Annotations/480p/{seq}/{ann.name}")
-    (out / "ImageSets" / "480p").mkdir(parents=True, exist_ok=True)
-    (out / "ImageSets" / "480p" / "dev.txt").write_text("\n".join(lines) + "\n")
-    print(f"{out}: {len(DEV_SEQUENCES)} sequences, {len(lines)} frames")
+    frames = write_split(args.data, args.out, "dev", DEV_SEQUENCES)
+    print(f"{args.out}: {len(DEV_SEQUENCES)} sequences, {frames} frames")
 
 
 if __name__ == "__main__":
