@@ -247,8 +247,9 @@ class VideoSession:
         pixels = self._embed(image, t)
         grid = (image.shape[-2] // OUTPUT_STRIDE, image.shape[-1] // OUTPUT_STRIDE)
         start = self._timed("embed", start)
-        flow = self._flow.step(small, grid) if self._flow is not None else None
+        flow = None
         if self._flow is not None:
+            flow = self._flow.step(small, grid)
             start = self._timed("flow", start)
         height, width = self.frame_size
         if mask is not None:
