@@ -159,14 +159,14 @@ class EmbeddingModel(nn.Module):
 
 
 def trained_backbone_state(model: EmbeddingModel) -> dict[str, torch.Tensor] | None:
-    """The backbone weights training changes (None for a frozen backbone): all of them, or only the
-    layers from ``train_backbone_from`` on; the rest are the pretrained weights, rebuilt on load."""
+    """The backbone weights training changes (None for a frozen backbone): those of every feature
+    layer, or only of the layers from ``train_backbone_from`` on; the rest are the pretrained
+    weights, rebuilt on load. A classifier the features do not use (EfficientNet's) is never trained:
+    it would get no gradient, which DistributedDataParallel rejects, and would bloat the model file."""
     if not model.config.train_backbone:
         return None
     state = model.backbone.state_dict()
-    if model.config.train_backbone_from <= 0:
-        return state
-    prefixes = tuple(f"{name}." for name in model.backbone.layers_from(model.config.train_backbone_from))
+    prefixes = tuple(f"{name}." for name in model.backbone.layers_from(max(0, model.config.train_backbone_from)))
     if not prefixes:
         raise VosError(f"The backbone has no layers at stride {model.config.train_backbone_from} or coarser.")
     return {k: v for k, v in state.items() if k.startswith(prefixes)}

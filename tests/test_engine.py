@@ -14,7 +14,7 @@ from engine import devices
 from engine.errors import VosError
 from engine.factory import SHIPPED_MODEL, build_model, default_model_spec, load_model_file, save_model_file
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet
-from engine.model import ModelConfig, create_model
+from engine.model import ModelConfig, create_model, trained_backbone_state
 from engine.retrieval import RetrievalConfig, knn_probabilities
 from engine.session import SessionConfig, VideoSession, channel_argmax, processing_size, session_config_for
 
@@ -348,6 +348,16 @@ def test_skip_head_keeps_the_untrained_features_beside_the_learned_ones():
     # The untrained part, rescaled, is exactly the features head: cos = (cos_l + s^2 cos_u) / (1 + s^2).
     torch.testing.assert_close(got[:, 8:] * (1 + skip**2) ** 0.5 / skip, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[:, :8].norm(dim=1), torch.full((1, 8, 8), (1 + skip**2) ** -0.5))
+
+
+def test_a_fine_tuned_efficientnet_keeps_its_feature_layers_and_drops_its_unused_classifier():
+    config = ModelConfig(backbone="efficientnet_lite0", head="embedding", dim=16, hidden=16, train_backbone=True)
+    model = create_model(config, pretrained=False)
+    trained = set(trained_backbone_state(model))
+    everything = set(model.backbone.state_dict())
+    classifier = {k for k in everything if k.startswith(("_conv_head.", "_bn1.", "_fc."))}
+    assert classifier and not trained & classifier
+    assert trained == everything - classifier
 
 
 @pytest.mark.parametrize("train_backbone, train_from", [(False, 0), (True, 0), (True, 16)])
