@@ -45,6 +45,14 @@ class Sequence:
     frames: tuple[Path, ...]
     masks: tuple[Path, ...]
 
+    def frame_numbers(self) -> np.ndarray:
+        """The frames' numbers in the video: their names (00000, 00005, ...) when all are numbers, so a
+        folder that keeps every n-th frame still gives the true time gaps; else their positions."""
+        stems = [p.stem for p in self.frames]
+        if all(stem.isdigit() for stem in stems):
+            return np.array([int(stem) for stem in stems], dtype=np.int64)
+        return np.arange(len(stems), dtype=np.int64)
+
 
 def list_sequences(root: Path) -> list[str]:
     """Names of the sequences under ``root`` that have both frames and annotations."""
@@ -174,7 +182,8 @@ class DavisTrainingSet(Dataset):
                 anchor = out_mask[0]
                 if len(torch.unique(anchor[anchor != IGNORE])) >= 2:
                     break
-        times = (np.asarray(order) - min(order)) / TIME_HORIZON
+        numbers = seq.frame_numbers()[order]
+        times = (numbers - numbers.min()) / TIME_HORIZON
         return {
             "images": out_image.as_subclass(torch.Tensor).contiguous(),
             "labels": labels_to_grid(out_mask.as_subclass(torch.Tensor)),
