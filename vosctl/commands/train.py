@@ -38,6 +38,15 @@ def parse_sequence_list(value: str | None) -> tuple[str, ...]:
     return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
+def parse_scale(value: str) -> tuple[float, float]:
+    """``"0.55,0.9"`` -> (0.55, 0.9); the range itself is checked by DataSettings."""
+    try:
+        low, high = (float(part) for part in value.split(","))
+    except ValueError:
+        raise VosError(f"--scale takes MIN,MAX such as 0.55,0.9, not '{value}'.") from None
+    return low, high
+
+
 def parse_inference(pairs: list[str] | None) -> dict:
     """["spatial_weight=1", "refine=none"] -> {"spatial_weight": 1, "refine": "none"} (JSON values, else text)."""
     settings: dict = {}
@@ -76,6 +85,12 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per process and step.")] = 4,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
     crop: Annotated[int, typer.Option("--crop", help="Square crop side in pixels, a multiple of 32.")] = 320,
+    scale: Annotated[
+        str,
+        typer.Option(
+            "--scale", help="MIN,MAX: random scale of the frames before cropping, relative to their stored size."
+        ),
+    ] = "0.55,0.9",
     frames_per_sample: Annotated[
         int, typer.Option("--frames-per-sample", min=2, help="Frames per sample: one anchor frame + the pool.")
     ] = 3,
@@ -191,6 +206,7 @@ def train(
                 sequences=parse_sequence_list(sequences),
                 val_sequences=parse_sequence_list(val_sequences),
                 crop=crop,
+                scale=parse_scale(scale),
                 frames_per_sample=frames_per_sample,
                 cache_features=cache_features,
                 cache_every=cache_every,
