@@ -344,6 +344,8 @@ def _train(settings: TrainSettings, device: torch.device, local_world: int) -> T
             if done % reporter.log_every == 0 or done == stop:
                 mean_loss = sum(dist.all_gather_objects(loss.loss.detach().item())) / dist.world_size()
                 extra = {"active": loss.active, "anchors": loss.anchors, "data_wait_s": round(waited, 3)}
+                if device.type == "cuda":  # the peak so far, for the README's GPU memory figures
+                    extra["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
                 reporter.step(done, loss=mean_loss, lr=scheduler.get_last_lr()[0], extra=extra)
                 waited = 0.0
             if run.val_every and done % run.val_every == 0 and done < run.steps:
