@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from engine.errors import VosError
 from engine.factory import build_model
-from engine.model import ModelConfig, create_model
+from engine.model import TIME_HORIZON, ModelConfig, create_model
 from engine.session import session_config_for
 from trainer.cache import FeatureCacheSet
 from trainer.checkpoint import load_checkpoint
@@ -31,8 +31,8 @@ from trainer.settings import (
     settings_from_dict,
     settings_to_dict,
 )
-from trainer.train import TrainingNet, _build, _dataset, run_training
-from vosctl.commands.train import parse_inference, parse_sequence_list, train
+from trainer.train import TrainingNet, _build, _dataset, run_training, set_trainable_backbone
+from vosctl.commands.train import parse_inference, parse_scale, parse_sequence_list, train
 
 CLI_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
 
@@ -353,3 +353,34 @@ def test_sequence_lists_come_as_commas_or_files(tmp_path):
     listing = tmp_path / "val.txt"
     listing.write_text("/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00000.png\nboat\n")
     assert parse_sequence_list(str(listing)) == ("bear", "boat")
+
+
+def test_sample_times_follow_the_frame_numbers_when_frames_were_skipped(tmp_path):
+    root = make_davis(tmp_path / "d", names=("a",), frames=6)
+    for f in (1, 3, 5):  # a folder that keeps every other frame
+        (root / "JPEGImages" / "480p" / "a" / f"{f:05d}.jpg").unlink()
+        (root / "Annotations" / "480p" / "a" / f"{f:05d}.png").unlink()
+    seq = load_sequence(root, "a")
+    assert seq.frame_numbers().tolist() == [0, 2, 4]
+    dataset = DavisTrainingSet([seq], crop=64, frames_per_sample=3, scale=(1.0, 1.0), jitter=0.0, seed=0)
+    for index in range(4):
+        times = sorted(round(float(t) * TIME_HORIZON) for t in dataset[index]["t"])
+        assert times == [0, 2, 4]
+
+
+def test_full_fine_tuning_leaves_the_unused_classifier_without_gradients():
+    config = ModelSettings(train_backbone=True).model_config()
+    model = create_model(replace(config, backbone="efficientnet_lite0"), pretrained=False)
+    set_trainable_backbone(model)
+    assert not model.backbone._fc.weight.requires_grad and not model.backbone._conv_head.weight.requires_grad
+    assert all(p.requires_grad for p in model.backbone._blocks.parameters())
+
+
+def test_scale_range_parses_and_bad_ones_fail_in_one_line(tmp_path):
+    assert parse_scale("0.73,1.2") == (0.73, 1.2)
+    app = typer.Typer()
+    app.command()(train)
+    for value, message in (("0.9", "--scale takes MIN,MAX"), ("0.9,0.5", "positive and increasing")):
+        result = CliRunner().invoke(app, ["--out", str(tmp_path / "o"), "--scale", value], env=CLI_ENV)
+        assert result.exit_code == 1
+        assert message in result.output and "Traceback" not in result.output
