@@ -9,6 +9,7 @@ so every sequence is scored by a model that never saw it.
     python benchmarks/cross_validate.py train --fold f1         # the shipped recipe without f1 (each fold)
     python benchmarks/cross_validate.py eval --set prior_flow=true --threads 1
     python benchmarks/cross_validate.py eval --model imagenet         # the untrained features
+    python benchmarks/cross_validate.py eval --fold-models 'runs/gpu/ft-{fold}.pt'   # other fold models
 
 ``eval`` prints J and F per fold and over the 30 sequences (the mean over sequences, as DAVIS
 reports), for the default session settings or the ``--set`` overrides. Fold models live in
@@ -65,7 +66,9 @@ def train(fold: str, data: Path, threads: int) -> None:
     subprocess.run(cmd, check=True)
 
 
-def fold_model(fold: str) -> Path:
+def fold_model(fold: str, pattern: str | None = None) -> Path:
+    if pattern:
+        return Path(pattern.format(fold=fold))
     path = RUNS / fold / "model.pt"
     if not path.exists() and fold == "f0":
         path = ROOT / "runs" / "hyb-m03-s0" / "model.pt"
@@ -79,15 +82,16 @@ def parse_value(text: str):
         return text
 
 
-def evaluate(overrides: dict, folds: list[str], out: Path, model_spec: str | None) -> None:
+def evaluate(overrides: dict, folds: list[str], out: Path, model_spec: str | None, pattern: str | None) -> None:
     from vosctl.eval_run import evaluate_model
 
-    slug = "_".join([model_spec or "folds", *(f"{k}={v}" for k, v in sorted(overrides.items()))])
+    name = model_spec or (Path(pattern).stem.replace("{fold}", "") if pattern else "folds")
+    slug = "_".join([name, *(f"{k}={v}" for k, v in sorted(overrides.items()))])
     out = out / slug.replace("/", "-")
     per_sequence: dict[str, tuple[float, float]] = {}
     start = time.time()
     for fold in folds:
-        model = model_spec or str(fold_model(fold))
+        model = model_spec or str(fold_model(fold, pattern))
         summary = evaluate_model(data=CV_ROOT, split=fold, out=out / fold, model_spec=model, overrides=overrides)
         for seq, scores in summary["sequences"].items():
             per_sequence[seq] = (scores["J_mean"], scores["F_mean"])
@@ -113,6 +117,8 @@ def main() -> None:
     ev.add_argument("--threads", type=int, default=1)
     ev.add_argument("--out", type=Path, default=RUNS / "results")
     ev.add_argument("--model", help="One model for every fold (e.g. imagenet) instead of the fold models.")
+    ev.add_argument("--fold-models", metavar="PATTERN", help="Fold model files other than runs/cv/FOLD/model.pt, "
+                    "e.g. runs/gpu/ft-{fold}.pt.")  # fmt: skip
     args = parser.parse_args()
     if args.command == "splits":
         make_splits(args.data)
@@ -123,7 +129,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
-        evaluate(overrides, args.folds.split(","), args.out, args.model)
+        evaluate(overrides, args.folds.split(","), args.out, args.model, args.fold_models)
 
 
 if __name__ == "__main__":
