@@ -7,7 +7,7 @@
 #      on the one GPU, within WAVE_S seconds; their model files come back for scoring on the
 #      full-size frames here.
 # Everything lands in $OUT (logs, metrics, model files). STEPS, PROBE_STEPS, SHIPPED_STEPS, FOLDS, WAVE_S,
-# TRAIN_DEVICE (--gpus 0, or --device cpu for a dry run) and BENCH_DEVICE can be set from outside.
+# SKIP_CHECKS, TRAIN_DEVICE (--gpus 0, or --device cpu for a dry run) and BENCH_DEVICE can be set from outside.
 set -u
 OUT=${OUT:-runs/gpu-round}
 STEPS=${STEPS:-}  # empty: from the probe's it/s and WAVE_S
@@ -53,6 +53,7 @@ $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 RECIPE="--skip 1.0 --margin 0.3 --hidden 64 --weight-decay 0.05 --infer spatial_weight=1.0 --seed 0
  --train-backbone --scale 0.73,1.2 --batch-size 8 --val-every 0 --checkpoint-every 0 --threads 2"
 
+if [ -z "${SKIP_CHECKS:-}" ]; then  # set SKIP_CHECKS=1 (and STEPS) for fine-tuning runs alone
 say "1. probe: $PROBE_STEPS fine-tuning steps"
 if ! $PY -m vosctl train --data .gpu/davis --out "$RUNS/probe" $RECIPE --steps "$PROBE_STEPS" --workers 6 $TRAIN_DEVICE \
     >"$OUT/probe.log" 2>&1; then
@@ -75,6 +76,7 @@ timeout 90 $PY -m vosctl train --data .gpu/davis --out "$RUNS/shipped" --steps "
     --infer spatial_weight=1.0 --val-every 0 --threads 4 $TRAIN_DEVICE >"$OUT/shipped.log" 2>&1
 tail -2 "$OUT/shipped.log"
 cp "$RUNS/shipped/metrics.jsonl" "$OUT/shipped-metrics.jsonl" 2>/dev/null
+fi
 
 # Steps per fine-tuning run from the probe's rate. The runs share one GPU and the CPU cores, so
 # assume at worst that they go one after another; 60 s go to start-up and saving.
