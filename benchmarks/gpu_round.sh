@@ -50,8 +50,10 @@ $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 
 # The recipe of the shipped head, with the backbone fine-tuned; frames travel at 640 wide (0.75 of
 # 480p), so --scale is the default 0.55-0.9 of 480p divided by 0.75.
-RECIPE="--skip 1.0 --margin 0.3 --hidden 64 --weight-decay 0.05 --infer spatial_weight=1.0 --seed 0
- --train-backbone --scale 0.73,1.2 --batch-size 8 --val-every 0 --checkpoint-every 0 --threads 2"
+recipe() { $PY -c "from benchmarks.cross_validate import $1; print($1)"; }
+HEAD_RECIPE=$(recipe HEAD_RECIPE)
+SHIPPED_RECIPE=$(recipe RECIPE)
+RECIPE="$HEAD_RECIPE --train-backbone --scale 0.73,1.2 --batch-size 8 --val-every 0 --checkpoint-every 0 --threads 2"
 
 if [ -z "${SKIP_CHECKS:-}" ]; then  # set SKIP_CHECKS=1 (and STEPS) for fine-tuning runs alone
 say "1. probe: $PROBE_STEPS fine-tuning steps"
@@ -71,9 +73,8 @@ for flags in "" "--max-size 512"; do
 done
 
 say "3. the shipped recipe (frozen backbone, cached features)"
-timeout 90 $PY -m vosctl train --data .gpu/davis --out "$RUNS/shipped" --steps "$SHIPPED_STEPS" --skip 1.0 --margin 0.3 --hidden 64 \
-    --weight-decay 0.05 --cache-features --cache-crop 0.75 --cache-flip --cache-max-size 512 \
-    --infer spatial_weight=1.0 --val-every 0 --threads 4 $TRAIN_DEVICE >"$OUT/shipped.log" 2>&1
+timeout 90 $PY -m vosctl train --data .gpu/davis --out "$RUNS/shipped" $SHIPPED_RECIPE --steps "$SHIPPED_STEPS" \
+    --val-every 0 --threads 4 $TRAIN_DEVICE >"$OUT/shipped.log" 2>&1
 tail -2 "$OUT/shipped.log"
 cp "$RUNS/shipped/metrics.jsonl" "$OUT/shipped-metrics.jsonl" 2>/dev/null
 fi
