@@ -86,11 +86,13 @@ def train(
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
     crop: Annotated[int, typer.Option("--crop", help="Square crop side in pixels, a multiple of 32.")] = 320,
     scale: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--scale", help="MIN,MAX: random scale of the frames before cropping, relative to their stored size."
+            "--scale",
+            help="MIN,MAX: random scale of the frames before cropping, relative to their stored size "
+            "(default 0.55,0.9).",
         ),
-    ] = "0.55,0.9",
+    ] = None,
     frames_per_sample: Annotated[
         int, typer.Option("--frames-per-sample", min=2, help="Frames per sample: one anchor frame + the pool.")
     ] = 3,
@@ -206,7 +208,7 @@ def train(
                 sequences=parse_sequence_list(sequences),
                 val_sequences=parse_sequence_list(val_sequences),
                 crop=crop,
-                scale=parse_scale(scale),
+                **({"scale": parse_scale(scale)} if scale else {}),
                 frames_per_sample=frames_per_sample,
                 cache_features=cache_features,
                 cache_every=cache_every,
