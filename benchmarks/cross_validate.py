@@ -7,6 +7,7 @@ so every sequence is scored by a model that never saw it.
 
     python benchmarks/cross_validate.py splits                  # DAVIS-layout root with f0..f4 split files
     python benchmarks/cross_validate.py train --fold f1         # the shipped recipe without f1 (each fold)
+    python benchmarks/cross_validate.py train --fold f1 --seed 1   # another seed, in runs/cv/f1-s1
     python benchmarks/cross_validate.py eval --set prior_flow=true --threads 1
     python benchmarks/cross_validate.py eval --model imagenet         # the untrained features
     python benchmarks/cross_validate.py eval --fold-models 'runs/gpu/ft-{fold}.pt'   # other fold models
@@ -57,11 +58,13 @@ def make_splits(data: Path) -> None:
         print(f"{name}: {len(seqs)} sequences, {frames} frames")
 
 
-def train(fold: str, data: Path, threads: int) -> None:
+def train(fold: str, data: Path, threads: int, seed: int) -> None:
+    """The recipe's fold model in runs/cv/FOLD (seed 0) or runs/cv/FOLD-sN (another seed)."""
+    out = RUNS / (fold if seed == 0 else f"{fold}-s{seed}")
     cmd = [
         sys.executable, "-m", "vosctl", "train", "--data", str(data), "--sequences", str(RUNS / f"{fold}-train.txt"),
-        "--out", str(RUNS / fold), "--cache-dir", str(ROOT / "runs" / "feature-cache"), "--threads", str(threads),
-        *RECIPE.split(),
+        "--out", str(out), "--cache-dir", str(ROOT / "runs" / "feature-cache"), "--threads", str(threads),
+        *RECIPE.split(), "--seed", str(seed),
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
 
@@ -111,6 +114,7 @@ def main() -> None:
     tr.add_argument("--fold", choices=sorted(FOLDS), required=True)
     tr.add_argument("--data", type=Path, default=DEFAULT_DATA)
     tr.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--seed", type=int, default=0, help="Another seed trains into runs/cv/FOLD-sSEED.")
     ev = sub.add_parser("eval")
     ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
     ev.add_argument("--folds", default=",".join(FOLDS))
@@ -123,7 +127,7 @@ def main() -> None:
     if args.command == "splits":
         make_splits(args.data)
     elif args.command == "train":
-        train(args.fold, args.data, args.threads)
+        train(args.fold, args.data, args.threads, args.seed)
     else:
         import torch
 
