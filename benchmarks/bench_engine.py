@@ -18,7 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,21 +25,17 @@ sys.path.insert(0, str(ROOT))
 from engine.devices import resolve_device  # noqa: E402
 from engine.factory import build_model  # noqa: E402
 from engine.session import VideoSession, session_config_for  # noqa: E402
+from vosctl.masks import fit_mask, read_mask  # noqa: E402
 
 
 def load(frames_dir: Path, mask_path: Path, width: int | None) -> tuple[list[np.ndarray], np.ndarray]:
     paths = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
-    with Image.open(mask_path) as image:
-        mask = np.array(image)
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    mask = (mask > 0).astype(np.uint8) if mask.max() == 255 else mask.astype(np.uint8)
     if width:
         height = round(frames[0].shape[0] * width / frames[0].shape[1])
         frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
-        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-    return frames, mask
+    # The CLI's own mask reading (binary, palette or colours), resized to the frames as it does.
+    return frames, fit_mask(read_mask(mask_path), *frames[0].shape[:2]).ids
 
 
 def main() -> None:
