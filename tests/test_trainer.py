@@ -361,11 +361,14 @@ def test_sample_times_follow_the_frame_numbers_when_frames_were_skipped(tmp_path
         (root / "JPEGImages" / "480p" / "a" / f"{f:05d}.jpg").unlink()
         (root / "Annotations" / "480p" / "a" / f"{f:05d}.png").unlink()
     seq = load_sequence(root, "a")
-    assert seq.frame_numbers().tolist() == [0, 2, 4]
+    assert seq.numbers == (0, 2, 4)
     dataset = DavisTrainingSet([seq], crop=64, frames_per_sample=3, scale=(1.0, 1.0), jitter=0.0, seed=0)
+    cache = FeatureCacheSet([seq], create_model(ModelConfig(backbone="tiny", head="embedding")), frames_per_sample=3,
+                            max_size=64, every=1, seed=0)  # fmt: skip
     for index in range(4):
-        times = sorted(round(float(t) * TIME_HORIZON) for t in dataset[index]["t"])
-        assert times == [0, 2, 4]
+        for samples in (dataset, cache):  # augmented frames and cached features alike
+            times = sorted(round(float(t) * TIME_HORIZON) for t in samples[index]["t"])
+            assert times == [0, 2, 4]
 
 
 def test_full_fine_tuning_leaves_the_unused_classifier_without_gradients():

@@ -76,7 +76,7 @@ class FeatureCacheSet(Dataset):
             keep = list(range(0, len(seq.frames), max(1, every)))
             feats, labels = self._load_or_embed(seq, keep, model, max_size, device, batch, store)
             shapes.add(tuple(labels.shape[1:]))
-            self.indices.append(keep)
+            self.indices.append([seq.numbers[i] for i in keep])
             self.features.append(feats)
             self.labels.append(labels)
         if len(shapes) > 1:

@@ -44,14 +44,16 @@ class Sequence:
     name: str
     frames: tuple[Path, ...]
     masks: tuple[Path, ...]
+    numbers: tuple[int, ...]  # each frame's number in the video: what the training times count
 
-    def frame_numbers(self) -> np.ndarray:
-        """The frames' numbers in the video: their names (00000, 00005, ...) when all are numbers, so a
-        folder that keeps every n-th frame still gives the true time gaps; else their positions."""
-        stems = [p.stem for p in self.frames]
-        if all(stem.isdigit() for stem in stems):
-            return np.array([int(stem) for stem in stems], dtype=np.int64)
-        return np.arange(len(stems), dtype=np.int64)
+
+def frame_numbers(frames: tuple[Path, ...]) -> tuple[int, ...]:
+    """The frames' numbers in the video: their names (00000, 00005, ...) when all are numbers, so a
+    folder that keeps every n-th frame still gives the true time gaps; else their positions."""
+    stems = [p.stem for p in frames]
+    if all(stem.isdigit() for stem in stems):
+        return tuple(int(stem) for stem in stems)
+    return tuple(range(len(stems)))
 
 
 def list_sequences(root: Path) -> list[str]:
@@ -76,7 +78,7 @@ def load_sequence(root: Path, name: str) -> Sequence:
     frames = [p for p in sorted(images.glob("*.jpg")) if p.stem in masks]
     if not frames:
         raise VosError(f"Sequence '{name}' has no frame with a mask under {root}.")
-    return Sequence(name, tuple(frames), tuple(masks[p.stem] for p in frames))
+    return Sequence(name, tuple(frames), tuple(masks[p.stem] for p in frames), frame_numbers(tuple(frames)))
 
 
 def split_sequences(
@@ -182,7 +184,7 @@ class DavisTrainingSet(Dataset):
                 anchor = out_mask[0]
                 if len(torch.unique(anchor[anchor != IGNORE])) >= 2:
                     break
-        numbers = seq.frame_numbers()[order]
+        numbers = np.asarray([seq.numbers[i] for i in order])
         times = (numbers - numbers.min()) / TIME_HORIZON
         return {
             "images": out_image.as_subclass(torch.Tensor).contiguous(),
