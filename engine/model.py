@@ -166,7 +166,7 @@ def trained_backbone_state(model: EmbeddingModel) -> dict[str, torch.Tensor] | N
     if not model.config.train_backbone:
         return None
     state = model.backbone.state_dict()
-    prefixes = tuple(f"{name}." for name in model.backbone.layers_from(max(0, model.config.train_backbone_from)))
+    prefixes = tuple(f"{name}." for name in model.backbone.layers_from(model.config.train_backbone_from))
     if not prefixes:
         raise VosError(f"The backbone has no layers at stride {model.config.train_backbone_from} or coarser.")
     return {k: v for k, v in state.items() if k.startswith(prefixes)}
