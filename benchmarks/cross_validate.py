@@ -49,12 +49,16 @@ CV_ROOT = ROOT / "runs" / "cv-davis"
 RUNS = ROOT / "runs" / "cv"
 
 
+def training_sequences(fold: str) -> list[str]:
+    """The sequences a fold's model trains on: those of every other fold."""
+    return sorted(s for name, seqs in FOLDS.items() if name != fold for s in seqs)
+
+
 def make_splits(data: Path) -> None:
-    everything = sorted(s for fold in FOLDS.values() for s in fold)
     RUNS.mkdir(parents=True, exist_ok=True)
     for name, seqs in FOLDS.items():
         frames = write_split(data, CV_ROOT, name, seqs)
-        (RUNS / f"{name}-train.txt").write_text("\n".join(s for s in everything if s not in seqs) + "\n")
+        (RUNS / f"{name}-train.txt").write_text("\n".join(training_sequences(name)) + "\n")
         print(f"{name}: {len(seqs)} sequences, {frames} frames")
 
 
@@ -88,8 +92,7 @@ def parse_value(text: str):
 def evaluate(overrides: dict, folds: list[str], out: Path, model_spec: str | None, pattern: str | None) -> None:
     from vosctl.eval_run import evaluate_model
 
-    name = model_spec or (Path(pattern).stem.replace("{fold}", "") if pattern else "folds")
-    slug = "_".join([name, *(f"{k}={v}" for k, v in sorted(overrides.items()))])
+    slug = "_".join([model_spec or pattern or "folds", *(f"{k}={v}" for k, v in sorted(overrides.items()))])
     out = out / slug.replace("/", "-")
     per_sequence: dict[str, tuple[float, float]] = {}
     start = time.time()

@@ -27,7 +27,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cross_validate import DEFAULT_DATA, FOLDS  # noqa: E402
+from benchmarks.cross_validate import DEFAULT_DATA, FOLDS, training_sequences  # noqa: E402
 
 OUT = ROOT / ".gpu"
 
@@ -80,9 +80,8 @@ def main() -> None:
     weights = pack_backbone(OUT)
     folds = OUT / "folds"
     folds.mkdir()
-    everything = sorted(s for seqs in FOLDS.values() for s in seqs)
-    for name, seqs in FOLDS.items():
-        (folds / f"{name}.txt").write_text("\n".join(s for s in everything if s not in seqs) + "\n")
+    for name in FOLDS:
+        (folds / f"{name}.txt").write_text("\n".join(training_sequences(name)) + "\n")
     size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file()) / 2**20
     print(f"{frames} frames, backbone {weights.name}; .gpu/ holds {size:.1f} MiB")
 
