@@ -150,12 +150,15 @@ class EmbeddingModel(nn.Module):
 
         ``t`` is the normalised time of the frame(s): a float, or a (B,) tensor.
         """
-        features = self.backbone(self.backbone.normalisation.apply(image))
         b, _, h, w = image.shape
         gh, gw = h // OUTPUT_STRIDE, w // OUTPUT_STRIDE
         ts = torch.as_tensor(t, dtype=torch.float32, device=image.device).reshape(-1).expand(b)
         coords = torch.stack([coordinate_grid(gh, gw, float(tt), device=image.device) for tt in ts])
-        return self.head(features, coords)
+        return self.embed_at(image, coords)
+
+    def embed_at(self, image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed` given the (B, 3, H/8, W/8) coordinate grid (:func:`coordinate_grid`)."""
+        return self.head(self.backbone(self.backbone.normalisation.apply(image)), coords)
 
 
 def trained_backbone_state(model: EmbeddingModel) -> dict[str, torch.Tensor] | None:

@@ -400,23 +400,29 @@ def test_model_file_round_trip_gives_the_same_embeddings(tmp_path, train_backbon
     assert isinstance(load_model_file(path).head, type(model.head))
 
 
+def with_prior(session, previous, probs, grid, flow=None):
+    """The temporal prior of ``session`` applied to retrieval's ``probs``, given the previous frame."""
+    propagator = session.propagator
+    propagator.registry.register(list(range(1, previous.shape[0])))
+    propagator._previous = previous
+    return propagator._apply_prior(probs, propagator._reach(grid, flow))
+
+
 def test_temporal_prior_damps_an_object_far_from_where_it_was(tiny_model):
     session = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none"))
     # Previous frame: the object filled the top-left cell of a 4x4 grid.
     previous = torch.zeros(2, 4, 4)
     previous[0] = 1.0
     previous[0, 0, 0], previous[1, 0, 0] = 0.0, 1.0
-    session._previous = previous
     probs = torch.full((16, 2), 0.5)  # retrieval is undecided everywhere
-    out = session._apply_prior(probs, (4, 4))
+    out = with_prior(session, previous, probs, (4, 4))
     assert torch.allclose(out.sum(1), torch.ones(16))
     near, far = out[0 * 4 + 1], out[3 * 4 + 3]  # cell (0, 1) is within the radius, (3, 3) is not
     assert near[1] == pytest.approx(0.5)
     assert far[1] == pytest.approx(0.1 * 0.5 / (0.1 * 0.5 + 0.5))
     # A floor of 1 switches the prior off.
     session = VideoSession(tiny_model, SessionConfig(prior_floor=1.0, refine="none"))
-    session._previous = previous
-    assert torch.equal(session._apply_prior(probs, (4, 4)), probs)
+    assert torch.equal(with_prior(session, previous, probs, (4, 4)), probs)
     with pytest.raises(VosError):
         SessionConfig(prior_floor=1.5)
     with pytest.raises(VosError):
@@ -429,14 +435,11 @@ def test_temporal_prior_lets_go_of_a_lost_object(tiny_model):
     previous[0, 0, 0], previous[1, 0, 0] = 0.8, 0.2  # the object was barely anywhere
     probs = torch.full((16, 2), 0.5)
     held = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none", prior_lost=0.0))
-    held._previous = previous
-    assert held._apply_prior(probs, (4, 4))[15, 1] < 0.1  # far from its faint trace: damped
+    assert with_prior(held, previous, probs, (4, 4))[15, 1] < 0.1  # far from its faint trace: damped
     released = VideoSession(tiny_model, SessionConfig(prior_radius=1, prior_floor=0.1, refine="none", prior_lost=0.5))
-    released._previous = previous
-    assert torch.allclose(released._apply_prior(probs, (4, 4)), probs)  # lost: retrieval alone decides
+    assert torch.allclose(with_prior(released, previous, probs, (4, 4)), probs)  # lost: retrieval alone decides
     previous[0, 0, 0], previous[1, 0, 0] = 0.2, 0.8  # present: the prior holds again
-    released._previous = previous
-    assert released._apply_prior(probs, (4, 4))[15, 1] < 0.1
+    assert with_prior(released, previous, probs, (4, 4))[15, 1] < 0.1
 
 
 def test_temporal_prior_follows_the_flow(tiny_model):
@@ -447,8 +450,7 @@ def test_temporal_prior_follows_the_flow(tiny_model):
     flow = torch.zeros(4, 6, 2)
     flow[..., 0] = -3.0  # it moved three cells to the right: each cell came from three to its left
     probs = torch.full((24, 2), 0.5)
-    session._previous = previous
-    out = session._apply_prior(probs, (4, 6), flow)
+    out = with_prior(session, previous, probs, (4, 6), flow)
     assert out[1 * 6 + 4, 1] == pytest.approx(0.5)  # where it went: undamped
     assert out[1 * 6 + 1, 1] == pytest.approx(0.1 * 0.5 / (0.1 * 0.5 + 0.5))  # where it was: damped
     # A video with the flow prior on runs end to end and times the flow.

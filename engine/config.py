@@ -1,0 +1,90 @@
+"""The settings of a video session: one frozen dataclass, overridable by name (``--set``, model files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from engine.errors import VosError
+from engine.retrieval import RetrievalConfig
+from engine.runtime import RUNTIMES
+
+REFINERS = ("none", "bilateral")
+ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    # Longer side of the image the network sees: the stride-8 grid limits how thin a part can be
+    # found. On the dev split 640 beat 512 (trained head, two held-out seeds: J 0.807 -> 0.819); over
+    # the 30 training sequences (five-fold cross-validation, benchmarks/cross_validate.py) 768 beat
+    # 640 on 27 sequences of 30 (J 0.830 -> 0.839, F 0.833 -> 0.849) at 3.6 instead of 5.3 fps on
+    # 2 cores (480p input); 896 was no better (J 0.841, F 0.849) and lost fast-moving objects.
+    max_size: int = 768
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    online: bool = True
+    # A small memory of recent frames beat larger ones on the dev split (J&F 0.749 at 1024 pixels,
+    # 0.742 at 2048, 0.726 at 4096) and keeps retrieval cheap.
+    memory_size: int = 1024  # pixels in the online memory (8 frames of 128)
+    memory_threshold: float = 0.95  # a pixel joins the memory when its top probability reaches this
+    memory_per_frame: int = 128  # at most this many pixels join per frame
+    refine: str = "bilateral"
+    # Temporal prior: an object is expected within ``prior_radius`` grid cells of where it was in
+    # the previous frame, moved along the optical flow (``prior_flow``, engine.motion); elsewhere
+    # its probability is scaled by ``prior_floor`` (1.0 disables). The k-NN votes are sharp (a
+    # look-alike far away often gets 0.99), so the floor must be low to hold: with 0.1 a passer-by
+    # in front of the camera took over bmx-bumps. An object whose highest probability in the
+    # previous frame is below ``prior_lost`` is lost: the prior lets go of it, so retrieval over the
+    # whole frame can find it again. Five-fold cross-validation over the 30 training sequences
+    # (benchmarks/cross_validate.py): J 0.827 -> 0.830, F 0.827 -> 0.833 against radius 4 and floor
+    # 0.1 alone (13 sequences up, 5 down).
+    prior_radius: int = 4
+    prior_floor: float = 0.01
+    prior_flow: bool = True
+    prior_lost: float = 0.5
+    # Optionally project wide embeddings (the untrained features have 472 dimensions) onto the
+    # first frame's top principal directions: retrieval cost is linear in the dimension. Off by
+    # default: on the dev split 128 dimensions cut retrieval time by ~40% but J fell 0.774 -> 0.756.
+    project_dim: int | None = None
+    # Reduced precision where the hardware runs it natively (engine.devices.reduced_precision):
+    # float16 on CUDA, bfloat16 on CPUs with AVX512-BF16/AMX; float32 elsewhere or when False.
+    half: bool = True
+    # How the network runs: "onnx" (ONNX Runtime; float32 on a CPU only), "torch", or "auto" (onnx
+    # where it serves, engine.runtime). Both compute the same embedding up to float32 rounding.
+    runtime: str = "auto"
+    # Retrieve labels only for the grid cells the temporal prior lets an object reach (within
+    # ``prior_radius`` of where an object was, moved along the flow); the others are background.
+    # Off: every cell is retrieved and the prior scales the far ones by ``prior_floor``.
+    prior_gate: bool = False
+    # Run the network and retrieval on every n-th frame only (1: every frame); the frames between
+    # take the last key frame's probabilities moved along the optical flow, then refined.
+    keyframe_interval: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_size < ALIGN:
+            raise VosError(f"--max-size must be at least {ALIGN}.")
+        if self.refine not in REFINERS:
+            raise VosError(f"Unknown refinement '{self.refine}'; choose one of: {', '.join(REFINERS)}.")
+        if not 0.0 < self.memory_threshold <= 1.0:
+            raise VosError("The memory threshold must be in (0, 1].")
+        if self.prior_radius < 0 or not 0.0 <= self.prior_floor <= 1.0 or not 0.0 <= self.prior_lost <= 1.0:
+            raise VosError("The temporal prior needs a radius of zero or more, and a floor and a lost level in [0, 1].")
+        if self.runtime not in RUNTIMES:
+            raise VosError(f"Unknown runtime '{self.runtime}'; choose one of: {', '.join(RUNTIMES)}.")
+        if self.keyframe_interval < 1:
+            raise VosError("The key-frame interval must be at least 1.")
+
+    @staticmethod
+    def setting_names() -> tuple[str, ...]:
+        """The names ``with_overrides`` takes: the session's own and the retrieval's."""
+        own = [name for name in SessionConfig.__dataclass_fields__ if name != "retrieval"]
+        return (*own, *RetrievalConfig.__dataclass_fields__)
+
+    def with_overrides(self, **changes) -> SessionConfig:
+        """A copy with the given settings changed; ``None`` values are ignored."""
+        unknown = sorted(set(changes) - set(self.setting_names()))
+        if unknown:
+            raise VosError(f"Unknown session setting '{unknown[0]}'; choose from: {', '.join(self.setting_names())}.")
+        retrieval_keys = {k for k in changes if k in RetrievalConfig.__dataclass_fields__}
+        retrieval = replace(self.retrieval, **{k: changes[k] for k in retrieval_keys if changes[k] is not None})
+        rest = {k: v for k, v in changes.items() if k not in retrieval_keys and v is not None}
+        return replace(self, retrieval=retrieval, **rest)

@@ -1,0 +1,93 @@
+"""The embed stage: frames -> per-pixel keys on the stride-8 grid. Stateless, so it runs ahead in batches.
+
+The only resize of the engine's input is here: a frame enters at any size and is resized so the
+longer side is ``max_size`` and both sides are multiples of 32; everything after it sees the grid.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from engine.config import ALIGN
+from engine.devices import reduced_precision
+from engine.errors import VosError
+from engine.memory import PixelSet
+from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid
+from engine.runtime import OnnxEmbedding, inference_copy, resolve_runtime
+
+
+def processing_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """The (h, w) the network sees: longer side ``max_size`` (never upscaled), multiples of 32."""
+    scale = min(1.0, max_size / max(height, width))
+    return (
+        max(ALIGN, round(height * scale / ALIGN) * ALIGN),
+        max(ALIGN, round(width * scale / ALIGN) * ALIGN),
+    )
+
+
+def check_frame(frame: np.ndarray) -> None:
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise VosError("A frame must be an (H, W, 3) uint8 RGB array.")
+
+
+class FrameEmbedder:
+    """``embed(images, times) -> [PixelSet]``: keys (gh * gw, D) and (x, y, t) coordinates per image.
+
+    ``half`` uses the device's native reduced precision (float16 on CUDA, bfloat16 on CPUs with
+    AVX512-BF16/AMX) through torch. Otherwise float32, by ONNX Runtime or torch's inference copy of
+    the network on a CPU (``runtime``, engine.runtime), by the model itself elsewhere.
+    """
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        *,
+        max_size: int,
+        device: torch.device,
+        half: bool = True,
+        runtime: str = "auto",
+    ) -> None:
+        self.model = model
+        self.max_size = max_size
+        self.device = torch.device(device)
+        self.dtype = reduced_precision(self.device) if half else None
+        self.runtime = resolve_runtime(runtime, self.device, self.dtype is not None)
+        self._fast: EmbeddingModel | None = None
+        self._onnx: OnnxEmbedding | None = None
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (h, w, 3) uint8 RGB at the processing size."""
+        check_frame(frame)
+        height, width = frame.shape[:2]
+        h, w = processing_size(height, width, self.max_size)
+        small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (height, width) else frame
+        return np.ascontiguousarray(small)
+
+    @torch.inference_mode()
+    def embed(self, images: list[np.ndarray], times: list[float]) -> list[PixelSet]:
+        """``images`` from :meth:`prepare`, all of one size; ``times`` their normalised t."""
+        batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
+        _, _, h, w = batch.shape
+        gh, gw = h // OUTPUT_STRIDE, w // OUTPUT_STRIDE
+        coords = torch.stack([coordinate_grid(gh, gw, t, device=self.device) for t in times])
+        emb = self._network(batch, coords)  # (B, D, gh, gw)
+        keys = emb.flatten(2).transpose(1, 2).to(self.dtype or torch.float32)
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        return [PixelSet(keys[i].contiguous(), coords[i].reshape(3, -1).T, empty) for i in range(len(images))]
+
+    def _network(self, batch: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        if self.runtime == "onnx":
+            size = tuple(batch.shape[-2:])
+            if self._onnx is None or self._onnx.size != size:
+                self._onnx = OnnxEmbedding(self.model, *size)
+            return self._onnx(batch, coords)
+        if self.dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                return self.model.embed_at(batch, coords)
+        if self.device.type == "cpu":
+            if self._fast is None:
+                self._fast = inference_copy(self.model)
+            return self._fast.embed_at(batch.contiguous(memory_format=torch.channels_last), coords).contiguous()
+        return self.model.embed_at(batch, coords)

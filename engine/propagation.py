@@ -1,0 +1,150 @@
+"""The propagate stage: labels move from the reference bank and the online memory to each new frame.
+
+The only sequential state of a session lives here: the object registry, the reference bank, the
+online memory, the previous frame's probabilities (the temporal prior) and the optical flow.
+Frames arrive already embedded (engine.embedder); everything here works on the stride-8 grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.config import SessionConfig
+from engine.errors import VosError
+from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank
+from engine.motion import GridFlow, warp_back
+from engine.retrieval import knn_probabilities
+
+
+class Propagator:
+    """Grid probabilities, frame after frame: ``reference`` for an annotated frame, ``propagate``
+    for a key frame (retrieval), ``carry`` for a frame between key frames (flow only)."""
+
+    def __init__(self, config: SessionConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.registry = ObjectRegistry()
+        self.bank = ReferenceBank()
+        self.memory = OnlineMemory(config.memory_size if config.online else 0)
+        self._generator = torch.Generator().manual_seed(0)
+        self._previous: torch.Tensor | None = None  # (K + 1, gh, gw) grid probabilities of the last frame
+        self._projection: torch.Tensor | None = None  # (D, project_dim), fitted on the first reference
+        self._flow = GridFlow() if config.prior_flow and config.prior_floor < 1.0 else None
+
+    def motion(self, small: np.ndarray, grid: tuple[int, int]) -> torch.Tensor | None:
+        """Call once per frame, in order: (gh, gw, 2) backward flow in cells, None when not used."""
+        return self._flow.step(small, grid) if self._flow is not None else None
+
+    # ---- annotated frames ----------------------------------------------------------------------
+    def reference(self, pixels: PixelSet, mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+        """Add an annotated frame ((H, W) uint8 user ids) to the bank -> (K + 1, H, W) its one-hot mask."""
+        ids = [int(i) for i in np.unique(mask) if i != 0]
+        if not ids:
+            raise VosError("The mask has no object pixels: mark at least one object.")
+        self.registry.register(ids)
+        slots = torch.from_numpy(self.registry.to_slots(mask))
+        given = F.one_hot(slots, self.registry.num_slots).permute(2, 0, 1).float()  # (K + 1, H, W)
+        fractions = F.adaptive_avg_pool2d(given[None].to(self.device), grid)[0]
+        labels = fractions.reshape(self.registry.num_slots, -1).argmax(0)
+        for slot in range(1, self.registry.num_slots):
+            if not (labels == slot).any():  # an object thinner than a cell: keep its best cell
+                labels[fractions[slot].reshape(-1).argmax()] = slot
+        pixels = self._project(pixels, fit=True)
+        self.bank.add(PixelSet(pixels.keys, pixels.coords, labels))
+        self._previous = fractions
+        return given
+
+    # ---- key frames ----------------------------------------------------------------------------
+    def propagate(self, pixels: PixelSet, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor:
+        """A key frame's pixels -> (K + 1, gh, gw) probabilities from the bank, the memory and the prior."""
+        pixels = self._project(pixels)
+        reach = self._reach(grid, flow)  # (M, K) or None
+        num_slots = self.registry.num_slots
+        region = None
+        if reach is not None and self.config.prior_gate:
+            region = torch.nonzero((reach > self.config.prior_floor).any(dim=1)).squeeze(1)
+            if len(region) == len(pixels):
+                region = None
+        if region is None:
+            probs, _ = knn_probabilities(pixels, self._bank(), num_slots, self.config.retrieval)
+        else:
+            # Cells no object can reach are background; only the others are retrieved.
+            probs = torch.zeros(len(pixels), num_slots, device=self.device)
+            probs[:, 0] = 1.0
+            if len(region):
+                query = PixelSet(pixels.keys[region], pixels.coords[region], pixels.labels)
+                probs[region], _ = knn_probabilities(query, self._bank(), num_slots, self.config.retrieval)
+        probs = self._apply_prior(probs, reach)
+        if self.config.online:
+            self._remember(pixels, probs, region)
+        grid_probs = probs.T.reshape(num_slots, *grid).float()
+        self._previous = grid_probs
+        return grid_probs
+
+    def carry(self, flow: torch.Tensor | None) -> torch.Tensor:
+        """A frame between key frames -> (K + 1, gh, gw): the last probabilities moved along the flow."""
+        if self._previous is None:
+            raise VosError("The first frame needs a mask: the session has no reference yet.")
+        if flow is not None:
+            self._previous = warp_back(self._previous, flow)
+        return self._previous
+
+    # ---- parts -----------------------------------------------------------------------------------
+    def _project(self, pixels: PixelSet, *, fit: bool = False) -> PixelSet:
+        dim = self.config.project_dim
+        if fit and self._projection is None and dim and dim < pixels.keys.shape[1]:
+            # Right singular vectors of the first frame's keys: dot products of projected unit
+            # vectors stay close to the cosines, which is all retrieval uses.
+            _, _, vh = torch.linalg.svd(pixels.keys.float(), full_matrices=False)
+            self._projection = vh[:dim].T.to(pixels.keys.dtype).contiguous()
+        if self._projection is None:
+            return pixels
+        return PixelSet(pixels.keys @ self._projection, pixels.coords, pixels.labels)
+
+    def _bank(self) -> PixelSet:
+        parts = [p for p in (self.bank.pixels(), self.memory.pixels()) if p is not None]
+        if not parts:
+            raise VosError("The first frame needs a mask: the session has no reference yet.")
+        return PixelSet.concat(parts) if len(parts) > 1 else parts[0]
+
+    def _reach(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
+        """(gh * gw, K) in [0, 1]: how near each object was in the previous frame, moved along the
+        flow and widened by ``prior_radius``; 1 everywhere for an object that was lost. None when
+        there is no prior (first frame, prior off, or the objects changed)."""
+        previous = self._previous
+        if previous is None or self.config.prior_floor >= 1.0 or previous.shape[0] != self.registry.num_slots:
+            return None
+        if previous.shape[1:] != grid:
+            return None
+        if flow is not None:
+            previous = warp_back(previous, flow)
+        r = self.config.prior_radius
+        near = F.max_pool2d(previous[None, 1:], 2 * r + 1, stride=1, padding=r)[0]  # (K, gh, gw)
+        lost = previous[1:].amax(dim=(1, 2)) < self.config.prior_lost
+        near[lost] = 1.0
+        return near.reshape(len(near), -1).T
+
+    def _apply_prior(self, probs: torch.Tensor, reach: torch.Tensor | None) -> torch.Tensor:
+        """(M, K + 1) -> (M, K + 1): objects scaled by ``prior_floor`` where they cannot have got to."""
+        if reach is None:
+            return probs
+        scale = torch.ones_like(probs)
+        scale[:, 1:] = self.config.prior_floor + (1.0 - self.config.prior_floor) * reach
+        probs = probs * scale
+        return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def _remember(self, pixels: PixelSet, probs: torch.Tensor, region: torch.Tensor | None) -> None:
+        """Confident retrieved pixels of this frame join the online memory (at most ``memory_per_frame``)."""
+        confidence, labels = probs.max(dim=1)
+        if region is not None:
+            confidence, labels = confidence[region], labels[region]
+            keys, coords = pixels.keys[region], pixels.coords[region]
+        else:
+            keys, coords = pixels.keys, pixels.coords
+        chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
+        if len(chosen) > self.config.memory_per_frame:
+            pick = torch.randperm(len(chosen), generator=self._generator)[: self.config.memory_per_frame]
+            chosen = chosen[pick.to(chosen.device)]
+        self.memory.add(PixelSet(keys[chosen], coords[chosen], labels[chosen]))

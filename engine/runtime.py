@@ -1,0 +1,207 @@
+"""How the network runs on a CPU in float32: an inference copy of it, and ONNX Runtime.
+
+Eager PyTorch runs each EfficientNet-Lite block as separate pad, convolution, batch-norm and ReLU6
+ops, each a pass over memory; on 2 AVX2 cores the backbone took 0.23-0.26 s a frame at 768x416.
+Two steps, each measured there (``benchmarks/bench_engine.py``):
+
+- :func:`inference_copy`: batch norm folded into the convolutions' weights and bias, TensorFlow's
+  "SAME" padding done inside the convolution where it is symmetric (every stride-1 layer; only the
+  five strided layers keep an explicit pad), channels-last memory: 0.13-0.15 s.
+- :class:`OnnxEmbedding`: that copy and the head exported to ONNX for one input size and run by
+  ONNX Runtime (its depthwise kernels are faster than oneDNN's on these CPUs): 0.09 s.
+
+Both compute the same function as :meth:`engine.model.EmbeddingModel.embed` up to float32
+rounding (the tests compare them). Neither is used for reduced precision, where torch's own
+bfloat16/float16 kernels run.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.backbones import EfficientNetLite, _MBConv, _SameConv2d
+from engine.errors import VosError
+from engine.model import OUTPUT_STRIDE, EmbeddingModel
+
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution computing ``bn(conv(x))`` in eval mode, with no padding of its own."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+    )
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.weight.data = (conv.weight * scale.reshape(-1, 1, 1, 1)).detach().clone()
+    fused.bias.data = ((bias - bn.running_mean) * scale + bn.bias).detach().clone()
+    return fused
+
+
+class _SameFused(nn.Module):
+    """``bn(same_conv(x))`` as one convolution. SAME padding of a stride-1 odd kernel is symmetric
+    and goes into the convolution; a stride-2 layer on an even-sized input (always the case here:
+    inputs are multiples of 32) pads ``k - 2`` in total, one less before than after."""
+
+    def __init__(self, conv: _SameConv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.conv = fold_batchnorm(conv, bn)
+        k, s = conv.kernel_size[0], conv.stride[0]
+        if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1] or k % 2 == 0:
+            raise ValueError("Only square odd kernels with equal strides are folded.")
+        if s == 1:
+            self.conv.padding = (k // 2, k // 2)
+            self.pad = None
+        elif s == 2:
+            total = k - 2
+            self.pad = (total // 2, total - total // 2, total // 2, total - total // 2)
+        else:
+            raise ValueError("Only strides 1 and 2 are folded.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        return self.conv(x)
+
+
+class _FusedBlock(nn.Module):
+    def __init__(self, block: _MBConv) -> None:
+        super().__init__()
+        self.expand = _SameFused(block._expand_conv, block._bn0) if block.has_expand else None
+        self.depthwise = _SameFused(block._depthwise_conv, block._bn1)
+        self.project = _SameFused(block._project_conv, block._bn2)
+        self.residual = block.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self.expand(x)) if self.expand is not None else x
+        y = self.project(F.relu6(self.depthwise(y)))
+        return x + y if self.residual else y
+
+
+class FusedEfficientNetLite(nn.Module):
+    """EfficientNet-Lite's feature layers for inference only: (B, 3, H, W) normalised, H and W
+    multiples of 32 -> [(B, C_l, H/s_l, W/s_l)], as :meth:`EfficientNetLite.forward`."""
+
+    def __init__(self, backbone: EfficientNetLite) -> None:
+        super().__init__()
+        self.stem = _SameFused(backbone._conv_stem, backbone._bn0)
+        self.blocks = nn.ModuleList(_FusedBlock(b) for b in backbone._blocks)
+        self.taps = sorted(backbone._taps)
+        self.levels = backbone.levels
+        self.normalisation = backbone.normalisation
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu6(self.stem(image))
+        out: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+def inference_copy(model: EmbeddingModel) -> EmbeddingModel:
+    """A float32 copy of ``model`` for CPU inference: batch norm folded (EfficientNet-Lite
+    backbones; others are copied as they are) and channels-last weights. ``model`` is unchanged."""
+    backbone = model.backbone
+    if isinstance(backbone, EfficientNetLite) and not backbone.training:
+        backbone = FusedEfficientNetLite(backbone)
+    else:
+        backbone = copy.deepcopy(backbone)
+    fast = EmbeddingModel(backbone, copy.deepcopy(model.head), model.config).float().eval()
+    return fast.to(memory_format=torch.channels_last)
+
+
+class _EmbedGraph(nn.Module):
+    """``embed`` with the coordinate grid as an input, so the exported graph has no Python in it."""
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_at(image, coords)
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxEmbedding:
+    """``model.embed`` for one input size, run by ONNX Runtime on the CPU in float32.
+
+    The graph is exported in memory when the first frame of a size arrives (about a second), with
+    a free batch dimension. ONNX Runtime's threads do not spin while waiting for work
+    (``allow_spinning=0``): spinning threads steal time from other processes and from this one's
+    decode and encode threads, which on 2 cores cost more than the wake-up latency saves.
+    """
+
+    def __init__(self, model: EmbeddingModel, height: int, width: int, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        fast = inference_copy(model).to(memory_format=torch.contiguous_format)
+        graph = _EmbedGraph(fast).eval()
+        gh, gw = height // OUTPUT_STRIDE, width // OUTPUT_STRIDE
+        example = (torch.zeros(1, 3, height, width), torch.zeros(1, 3, gh, gw))
+        buffer = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python control flow, fixed by one size
+            torch.onnx.export(
+                graph,
+                example,
+                buffer,
+                input_names=["image", "coords"],
+                output_names=["embedding"],
+                dynamic_axes={"image": {0: "batch"}, "coords": {0: "batch"}, "embedding": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self.size = (height, width)
+        self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, H, W) float32 in [0, 255], coords (B, 3, H/8, W/8) -> (B, D, H/8, W/8)."""
+        feeds = {
+            "image": np.ascontiguousarray(image.detach().float().cpu().numpy()),
+            "coords": np.ascontiguousarray(coords.detach().float().cpu().numpy()),
+        }
+        (embedding,) = self._session.run(["embedding"], feeds)
+        return torch.from_numpy(embedding)
+
+
+def resolve_runtime(name: str, device: torch.device, reduced: bool) -> str:
+    """``auto`` -> ``onnx`` for float32 on a CPU when ONNX Runtime is installed, else ``torch``."""
+    if name not in RUNTIMES:
+        raise VosError(f"Unknown runtime '{name}'; choose one of: {', '.join(RUNTIMES)}.")
+    cpu_float32 = device.type == "cpu" and not reduced
+    if name == "auto":
+        return "onnx" if cpu_float32 and onnxruntime_available() else "torch"
+    if name == "onnx" and not cpu_float32:
+        raise VosError("The onnx runtime runs float32 on a CPU only: add --full-precision, or use --device cpu.")
+    if name == "onnx" and not onnxruntime_available():
+        raise VosError("The onnx runtime needs the onnx and onnxruntime packages: pip install onnx onnxruntime.")
+    return name

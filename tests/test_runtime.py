@@ -1,0 +1,108 @@
+"""The fast CPU paths compute the model's own embedding: folded batch norm, ONNX Runtime, batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.embedder import FrameEmbedder
+from engine.errors import VosError
+from engine.model import ModelConfig, create_model
+from engine.runtime import OnnxEmbedding, inference_copy, onnxruntime_available, resolve_runtime
+from engine.session import SessionConfig, VideoSession
+from tests.conftest import davis_frames, davis_masks
+
+
+@pytest.fixture(scope="module")
+def lite_trained_head():
+    """EfficientNet-Lite0 (ImageNet weights) with a randomly initialised trained-style head."""
+    torch.manual_seed(0)
+    config = ModelConfig(head="embedding", hidden=32, dim=16, skip=1.0)
+    return create_model(config).eval()
+
+
+def _reference(model, image, t=0.3):
+    with torch.inference_mode():
+        return model.embed(image, t)
+
+
+def test_folded_copy_equals_the_model_and_leaves_it_unchanged(lite_trained_head):
+    image = torch.rand(2, 3, 96, 160) * 255
+    before = {k: v.clone() for k, v in lite_trained_head.state_dict().items()}
+    fast = inference_copy(lite_trained_head)
+    with torch.inference_mode():
+        from engine.model import coordinate_grid
+
+        coords = torch.stack([coordinate_grid(12, 20, 0.3)] * 2)
+        got = fast.embed_at(image.contiguous(memory_format=torch.channels_last), coords)
+    expected = _reference(lite_trained_head, image)
+    assert (got - expected).abs().max() < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in lite_trained_head.state_dict().items())
+    assert not any("bn" in name for name, _ in fast.backbone.named_modules() if name)
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed")
+def test_onnx_embedding_equals_the_model_for_any_batch(lite_trained_head):
+    image = torch.rand(3, 3, 96, 160) * 255
+    from engine.model import coordinate_grid
+
+    coords = torch.stack([coordinate_grid(12, 20, t) for t in (0.0, 0.1, 0.2)])
+    onnx = OnnxEmbedding(lite_trained_head, 96, 160)
+    with torch.inference_mode():
+        expected = lite_trained_head.embed_at(image, coords)
+    assert (onnx(image, coords) - expected).abs().max() < 1e-4
+    assert (onnx(image[:1], coords[:1]) - expected[:1]).abs().max() < 1e-4
+
+
+def test_runtime_choice():
+    cpu = torch.device("cpu")
+    assert resolve_runtime("torch", cpu, False) == "torch"
+    assert resolve_runtime("auto", cpu, True) == "torch"  # bf16 runs in torch
+    if onnxruntime_available():
+        assert resolve_runtime("auto", cpu, False) == "onnx"
+    with pytest.raises(VosError):
+        resolve_runtime("onnx", cpu, True)
+    with pytest.raises(VosError):
+        resolve_runtime("tensorrt", cpu, False)
+    with pytest.raises(VosError):
+        SessionConfig(runtime="tensorrt")
+
+
+@pytest.mark.slow
+def test_runtimes_and_batches_give_the_same_masks_on_a_real_sequence(davis_root):
+    """Tolerance: float32 networks that differ only in the order of their arithmetic (folded batch
+    norm, ONNX Runtime's kernels, batched convolutions) give embeddings within 1e-4; after retrieval,
+    at most 0.1% of a frame's pixels may change label (ties between near-equal neighbours)."""
+    from engine.factory import build_model
+
+    frames = davis_frames(davis_root, "dance-jump", 8, size=(427, 240))
+    first = davis_masks(davis_root, "dance-jump", 1)[0].astype(np.uint8)
+    first = np.ascontiguousarray(first[::2, ::2][:240, :427])
+    model = build_model(None)
+    results = {}
+    for runtime in ("torch", "onnx") if onnxruntime_available() else ("torch",):
+        for batch in (1, 8):
+            config = SessionConfig(max_size=320, runtime=runtime, half=False).with_overrides(**model.config.inference)
+            session = VideoSession(model, config)
+            masks = [first] + [None] * (len(frames) - 1)
+            ids = []
+            for start in range(0, len(frames), batch):
+                probs = session.step_batch(frames[start : start + batch], masks[start : start + batch])
+                ids += [session.to_ids(p) for p in probs]
+            results[runtime, batch] = np.stack(ids)
+    reference = results["torch", 1]
+    for key, ids in results.items():
+        changed = (ids != reference).reshape(len(ids), -1).mean(1)
+        assert changed.max() <= 1e-3, (key, changed)
+
+
+def test_embedder_batches_equal_single_frames(tiny_model):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, size=(64, 96, 3), dtype=np.uint8) for _ in range(3)]
+    embedder = FrameEmbedder(tiny_model, max_size=96, device=torch.device("cpu"), half=False, runtime="torch")
+    together = embedder.embed(images, [0.0, 0.01, 0.02])
+    for i, image in enumerate(images):
+        alone = embedder.embed([image], [i / 100])[0]
+        assert (alone.keys - together[i].keys).abs().max() < 1e-5
+        assert torch.equal(alone.coords, together[i].coords)
