@@ -95,16 +95,26 @@ def _from_rgb(rgb: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray
 
 
 def _from_rgba(rgba: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Transparent pixels are background, whatever their colour; one opaque colour is one object."""
+    """Transparent pixels are background, whatever their colour; each fully opaque colour is one object.
+
+    An antialiased edge blends colour and alpha, so a half-opaque pixel takes the nearest of those colours.
+    """
     rgb, alpha = rgba[..., :3], rgba[..., 3]
     if (alpha == 255).all():
         return _from_rgb(rgb, notes)
     opaque = _opaque(alpha, notes)
-    colours = np.unique(rgb[opaque].reshape(-1, 3), axis=0)
+    solid = alpha == 255
+    colours = np.unique(rgb[solid if solid.any() else opaque].reshape(-1, 3), axis=0)
     if len(colours) <= 1:  # the shape is drawn by transparency alone
         return opaque.astype(np.uint8), davis_palette()
-    rgb = np.where(opaque[..., None], rgb, 0).astype(np.uint8)
-    return _from_rgb(rgb, notes)
+    flat = np.where(solid[..., None], rgb, 0).astype(np.uint8)
+    edge = opaque & ~solid
+    if edge.any() and len(colours) <= 255:
+        distances = np.abs(rgb[edge][:, None, :].astype(np.int32) - colours[None].astype(np.int32)).sum(axis=2)
+        flat[edge] = colours[distances.argmin(axis=1)]
+    elif edge.any():
+        flat[edge] = rgb[edge]
+    return _from_rgb(flat, notes)
 
 
 def read_mask(path: Path) -> Mask:
