@@ -46,6 +46,7 @@ VIDEO_CASES = {
     "missing input": Case("missing", fails="does not exist"),
     "text file": Case("text", fails="not a readable video"),
     "zero bytes": Case("zero bytes", fails="not a readable video"),
+    "broken bytes mid-file (the decoder conceals them)": Case("broken bytes"),
     "broken header": Case("broken header", fails="not a readable video"),
     "audio only": Case("audio only", fails="no video stream"),
     "cut at a packet boundary": Case("cut at a packet boundary", fails="damaged or truncated", midway=True),
