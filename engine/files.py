@@ -1,6 +1,6 @@
 """Atomic file output: write beside the destination, then rename over it.
 
-Temporary files and folders come from ``tempfile.mkstemp``/``mkdtemp`` (unique, in the
+Temporary files come from ``tempfile.mkstemp`` (unique, in the
 destination's folder so the rename never crosses file systems), which make them private to their
 owner; :func:`publish` gives them the permissions any new file or folder gets under the umask.
 """
@@ -18,11 +18,6 @@ def temp_beside(final: Path, suffix: str = ".tmp") -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
     os.close(fd)
     return Path(tmp)
-
-
-def temp_folder_beside(final: Path, suffix: str = ".tmp") -> Path:
-    """An empty, uniquely named folder in ``final``'s folder."""
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent))
 
 
 def _umask() -> int:

@@ -135,3 +135,15 @@ def tiny_model_file(tiny_model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
     save_model_file(tiny_model, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def bear_clip(tmp_path_factory) -> dict[str, Path]:
+    """A 6-frame 128x72 cut of examples/bear.mp4 and its 0/255 first-frame mask, built once; copy before use."""
+    from .corpus import bear_frames, bear_mask
+
+    folder = tmp_path_factory.mktemp("bear")
+    clip = encode_video(folder / "clip.mp4", bear_frames(6))
+    mask = folder / "mask.png"
+    cv2.imwrite(str(mask), bear_mask())
+    return {"clip": clip, "mask": mask}

@@ -139,3 +139,12 @@ def test_write_palette_png_round_trips(tmp_path):
     assert np.array_equal(written[:4], palette[:4])
     back = read_mask(tmp_path / "out.png")
     assert np.array_equal(back.ids, ids) and back.object_ids == [1, 3]
+
+
+@pytest.mark.parametrize("high", [255, 1])
+def test_binary_rule_is_the_engines(high):
+    from engine.objects import object_ids
+
+    grey = (blob_ids() > 0).astype(np.uint8) * high
+    assert np.array_equal(object_ids(grey), (grey > 0).astype(np.uint8))
+    assert np.array_equal(object_ids(blob_ids()), blob_ids()), "other values are ids as they are"

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from engine.session import SessionConfig
+from vosctl.outputs import MARKER
 from vosctl.palette import davis_palette
 from vosctl.pipeline import segment_file
 
@@ -123,7 +124,7 @@ def test_default_model_tracks_the_dog(dog_run, davis_root):
 def test_masks_dir_holds_one_palette_png_per_frame(dog_run):
     assert dog_run["result"].exit_code == 0
     names = sorted(p.name for p in dog_run["masks"].iterdir())
-    assert names == [f"{i:05d}.png" for i in range(25)]
+    assert names == [MARKER] + [f"{i:05d}.png" for i in range(25)], "the frames and vosctl's marker"
     mode, ids, palette = read_png(dog_run["masks"] / "00000.png")
     assert mode == "P" and ids.shape == (480, 854)
     given = cv2.imread(str(dog_run["first"]), cv2.IMREAD_GRAYSCALE) > 0
@@ -263,7 +264,7 @@ def test_folder_of_frames_as_input(tmp_path, davis_root, run_cli, tiny_model_fil
     finally:
         torch.set_num_threads(before)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [f"{i:05d}.png" for i in range(6)]
+    assert sorted(p.name for p in (tmp_path / "m").glob("*.png")) == [f"{i:05d}.png" for i in range(6)]
     out_frames, _, info = video_frames(tmp_path / "frames.vos.mp4")
     assert len(out_frames) == 6 and (info["width"], info["height"]) == SMALL
     assert info["rate"] == 24
@@ -361,16 +362,15 @@ def make_bad_case(case: str, folder: Path, encode) -> tuple[list, str | None]:
         cv2.imwrite(str(mask), np.full((96, 96), 255, dtype=np.uint8))
         return [clip, "--mask", mask, "--masks-dir", folder / "m"], "different shape"
     # Output folders. We run as root, so a read-only folder cannot be tested: root writes anyway.
-    if case == "output folder missing":
-        return [clip, "--mask", mask, "-o", folder / "nowhere" / "out.mp4"], "does not exist"
+    # A missing output folder is created (tests/test_corpus_outputs.py), so it is not a bad case.
     if case == "output folder is a file":
         (folder / "afile").write_text("x")
-        return [clip, "--mask", mask, "-o", folder / "afile" / "out.mp4"], "does not exist"
+        return [clip, "--mask", mask, "-o", folder / "afile" / "out.mp4"], "is a file, not a folder"
     if case == "masks dir is a file":
         (folder / "afile").write_text("x")
         return [clip, "--mask", mask, "--no-overlay", "--masks-dir", folder / "afile"], "not a folder"
     if case == "mask video of unknown type":
-        return [clip, "--mask", mask, "--no-overlay", "--mask-video", folder / "m.gif"], "Cannot write"
+        return [clip, "--mask", mask, "--no-overlay", "--mask-video", folder / "m.gif"], "cannot be written"
     raise AssertionError(case)
 
 
@@ -385,7 +385,6 @@ BAD_CASES = [
     "mask is text",
     "mask has no object",
     "mask of another shape",
-    "output folder missing",
     "output folder is a file",
     "masks dir is a file",
     "mask video of unknown type",
@@ -492,6 +491,6 @@ def test_memory_stays_flat_on_a_long_video(tmp_path, encode, tiny_model, one_tor
         on_frame=sample,
     )
     assert result.frames == count
-    assert len(list((tmp_path / "masks").iterdir())) == count
+    assert len(list((tmp_path / "masks").glob("*.png"))) == count
     growth = samples[count] - samples[100]
     assert growth < 40 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MB over 500 frames"

@@ -1,13 +1,11 @@
 """Video out: overlay and mask videos with the input's frame rate and timestamps, audio carried over.
 
-Every output is first written under a temporary name in its own folder and renamed into place
-only when complete (:class:`AtomicOutputs`), so a failure or Ctrl-C leaves nothing half-written.
+The writer fills whatever path it is given; :class:`vosctl.outputs.AtomicOutputs` gives it a
+temporary name and renames the file into place only when complete.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,7 +13,6 @@ import av
 import numpy as np
 
 from engine.errors import VosError
-from engine.files import publish, temp_beside, temp_folder_beside
 
 # Container (from the file extension) -> (lossy codec for the overlay, lossless codec for masks).
 CONTAINERS = {
@@ -136,63 +133,3 @@ class VideoWriter:
             self.container.close()
         except Exception:  # the file is discarded anyway
             pass
-
-
-class AtomicOutputs:
-    """Temporary names for outputs, renamed into place by :meth:`commit`, removed by :meth:`discard`."""
-
-    def __init__(self, *, overwrite: bool) -> None:
-        self.overwrite = overwrite
-        self._pending: list[tuple[Path, Path]] = []
-
-    def _check(self, final: Path) -> None:
-        if final.exists() and not self.overwrite:
-            raise VosError(f"{final} already exists; pass --overwrite to replace it.")
-        parent = final.parent
-        if not parent.is_dir():
-            raise VosError(f"The output folder {parent} does not exist.")
-        if not os.access(parent, os.W_OK):
-            raise VosError(f"The output folder {parent} is not writable.")
-
-    def file(self, final: Path) -> Path:
-        final = Path(final)
-        self._check(final)
-        # The container format is guessed from the suffix, so the temporary file keeps it.
-        tmp = temp_beside(final, suffix=f".part{final.suffix}")
-        self._pending.append((tmp, final))
-        return tmp
-
-    def folder(self, final: Path) -> Path:
-        final = Path(final)
-        if final.exists() and not final.is_dir():
-            raise VosError(f"{final} exists and is not a folder.")
-        if final.is_dir() and any(final.iterdir()) and not self.overwrite:
-            raise VosError(f"{final} already holds files; pass --overwrite to replace them.")
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise VosError(f"Cannot create the output folder {final.parent}.") from error
-        self._check_parent_writable(final.parent)
-        tmp = temp_folder_beside(final, suffix=".part")
-        self._pending.append((tmp, final))
-        return tmp
-
-    @staticmethod
-    def _check_parent_writable(parent: Path) -> None:
-        if not os.access(parent, os.W_OK):
-            raise VosError(f"The output folder {parent} is not writable.")
-
-    def commit(self) -> None:
-        for tmp, final in self._pending:
-            if tmp.is_dir() and final.exists():
-                shutil.rmtree(final)
-            publish(tmp, final)
-        self._pending.clear()
-
-    def discard(self) -> None:
-        for tmp, _ in self._pending:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-        self._pending.clear()

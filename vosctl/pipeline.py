@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import VosError
 from engine.session import SessionConfig, VideoSession
-from vosctl.encode import AtomicOutputs, VideoWriter
-from vosctl.masks import fit_mask, read_mask, write_palette_png
+from vosctl.encode import VideoWriter
+from vosctl.masks import fit_mask, write_palette_png
+from vosctl.outputs import AtomicOutputs, default_output
 from vosctl.palette import colourise, draw_overlay
+from vosctl.preflight import check_segment
 from vosctl.video import AudioPacket, open_source
 
 
@@ -30,13 +31,7 @@ class SegmentResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def default_output(video: Path) -> Path:
-    """``clip.mp4`` -> ``clip.vos.mp4`` beside it (a folder of frames -> ``<folder>.vos.mp4``)."""
-    video = Path(video)
-    if video.is_dir():
-        return video.parent / f"{video.name}.vos.mp4"
-    suffix = video.suffix if video.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".avi") else ".mp4"
-    return video.with_name(f"{video.stem}.vos{suffix}")
+__all__ = ["SegmentResult", "default_output", "segment_file"]
 
 
 def segment_file(
@@ -55,20 +50,30 @@ def segment_file(
     on_start: Callable[[int | None], None] | None = None,
     on_frame: Callable[[int], None] | None = None,
 ) -> SegmentResult:
-    """Segment ``video`` given the first frame's ``mask``; write the requested outputs atomically."""
-    video, mask_path = Path(video), Path(mask)
-    first_mask = read_mask(mask_path)
-    output = Path(output) if output is not None else (default_output(video) if overlay else None)
-    finals = [p.resolve() for p in (output, mask_video, masks_dir) if p is not None]
-    if not finals:
-        raise VosError("Nothing to write: ask for an overlay video, --masks-dir or --mask-video.")
-    if video.resolve() in finals or mask_path.resolve() in finals:
-        raise VosError("An output path is the input itself; choose another output.")
+    """Segment ``video`` given the first frame's ``mask``; write the requested outputs atomically.
+
+    Inputs and outputs are checked first (:func:`vosctl.preflight.check_segment`): nothing is
+    written for a run that cannot succeed, and no output may replace a file vosctl did not write.
+    """
+    video = Path(video)
+    checked = check_segment(
+        video=video,
+        mask=mask,
+        output=output,
+        overlay=overlay,
+        masks_dir=masks_dir,
+        mask_video=mask_video,
+        overwrite=overwrite,
+        fps=fps,
+    )
+    first_mask, plan = checked.mask, checked.plan
+    output, mask_video, masks_dir = (o.path if o is not None else None for o in plan.outputs_by_kind())
     result = SegmentResult(notes=list(first_mask.notes))
-    outputs = AtomicOutputs(overwrite=overwrite)
+    outputs = AtomicOutputs(plan)
     writers: list[VideoWriter] = []
     start = time.perf_counter()
     try:
+        outputs.start()
         with open_source(video, fps=fps) as source:
             if on_start is not None:
                 on_start(source.frame_count)
@@ -87,7 +92,7 @@ def segment_file(
                 frame = item.image
                 height, width = frame.shape[:2]
                 if item.index == 0:
-                    first_mask = fit_mask(first_mask, height, width)
+                    first_mask = fit_mask(first_mask, height, width, rotation=item.rotation)
                     result.notes = list(first_mask.notes)
                     if output is not None:
                         overlay_writer = VideoWriter(

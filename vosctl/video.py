@@ -22,12 +22,16 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 @dataclass
 class Frame:
-    """One decoded frame: ``image`` (H, W, 3) uint8 RGB, its ``pts`` in ``time_base`` units."""
+    """One decoded frame: ``image`` (H, W, 3) uint8 RGB, its ``pts`` in ``time_base`` units.
+
+    ``rotation`` is the container's display rotation (degrees), already applied to ``image``.
+    """
 
     index: int
     image: np.ndarray
     pts: int | None
     time_base: Fraction | None
+    rotation: int = 0
 
 
 @dataclass
@@ -91,8 +95,9 @@ class VideoSource:
                         yield AudioPacket(packet)
                     continue
                 for frame in packet.decode():
-                    image = _rotate(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0)
-                    yield Frame(index, image, frame.pts, frame.time_base)
+                    rotation = int(getattr(frame, "rotation", 0) or 0)
+                    image = _rotate(frame.to_ndarray(format="rgb24"), rotation)
+                    yield Frame(index, image, frame.pts, frame.time_base, rotation)
                     index += 1
         except av.FFmpegError as error:
             raise VosError(f"The video {self.path} is damaged: decoding stopped after frame {index}.") from error

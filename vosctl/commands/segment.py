@@ -34,6 +34,7 @@ from vosctl.options import (
     ThreadsOption,
 )
 from vosctl.pipeline import segment_file
+from vosctl.preflight import check_segment
 
 
 def segment(
@@ -63,6 +64,9 @@ def segment(
     with reported_errors(debug):
         if threads is not None:
             torch.set_num_threads(threads)
+        # Bad arguments fail here, in a fraction of a second, not after the model has loaded.
+        outputs = {"output": output, "overlay": not no_overlay, "masks_dir": masks_dir, "mask_video": mask_video}
+        check_segment(video=video, mask=mask, **outputs, overwrite=overwrite, fps=fps)
         torch_device = resolve_device(device)
         net = build_model(model, torch_device)
         config = session_config_for(
@@ -82,36 +86,38 @@ def segment(
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         ]
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("segment", total=None, fps=0.0)
+        # The bar appears with the first frame: an error before it is printed alone.
+        progress = Progress(*columns, console=console, transient=False)
+        task = progress.add_task("segment", total=None, fps=0.0)
 
-            def on_start(total: int | None) -> None:
-                progress.update(task, total=total)
+        def on_start(total: int | None) -> None:
+            progress.update(task, total=total)
 
-            def on_frame(done: int) -> None:
-                elapsed = progress.tasks[task].elapsed or 0.0
-                progress.update(task, completed=done, fps=done / elapsed if elapsed > 0 else 0.0)
+        def on_frame(done: int) -> None:
+            if not progress.live.is_started:
+                progress.start()
+            elapsed = progress.tasks[task].elapsed or 0.0
+            progress.update(task, completed=done, fps=done / elapsed if elapsed > 0 else 0.0)
 
+        try:
             result = segment_file(
                 video=video,
                 mask=mask,
                 model=net,
                 config=config,
                 device=torch_device,
-                output=output,
-                overlay=not no_overlay,
-                masks_dir=masks_dir,
-                mask_video=mask_video,
+                **outputs,
                 overwrite=overwrite,
                 fps=fps,
                 on_start=on_start,
                 on_frame=on_frame,
             )
             progress.update(task, total=result.frames, completed=result.frames)
+        finally:
+            progress.stop()
         for note in result.notes:
             console.print(f"[yellow]Note:[/] {note}")
-        out.print(
-            f"Segmented {result.frames} frames in {result.seconds:.1f} s ({result.fps:.1f} fps) on {torch_device}."
-        )
+        frames = f"{result.frames} frame{'' if result.frames == 1 else 's'}"
+        out.print(f"Segmented {frames} in {result.seconds:.1f} s ({result.fps:.1f} fps) on {torch_device}.")
         for path in result.outputs:
             out.print(f"  wrote {path}")
