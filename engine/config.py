@@ -9,6 +9,13 @@ from engine.retrieval import RetrievalConfig
 from engine.runtime import RUNTIMES
 
 REFINERS = ("none", "bilateral")
+# Named trades of speed for accuracy (README, Speed): settings over the defaults, under the
+# caller's own options. "balanced" is the defaults themselves.
+PRESETS: dict[str, dict[str, object]] = {
+    "fast": {"max_size": 512, "keyframe_interval": 2, "prior_gate": True, "project_dim": 64},
+    "balanced": {},
+    "accurate": {"max_size": 896, "prior_gate": False, "project_dim": 0},
+}
 ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
 
 
@@ -44,7 +51,7 @@ class SessionConfig:
     # Optionally project wide embeddings (the untrained features have 472 dimensions) onto the
     # first frame's top principal directions: retrieval cost is linear in the dimension. Off by
     # default: on the dev split 128 dimensions cut retrieval time by ~40% but J fell 0.774 -> 0.756.
-    project_dim: int | None = None
+    project_dim: int | None = None  # None or 0: the keys as the model gives them
     # Reduced precision where the hardware runs it natively (engine.devices.reduced_precision):
     # float16 on CUDA, bfloat16 on CPUs with AVX512-BF16/AMX; float32 elsewhere or when False.
     half: bool = True
@@ -88,3 +95,9 @@ class SessionConfig:
         retrieval = replace(self.retrieval, **{k: changes[k] for k in retrieval_keys if changes[k] is not None})
         rest = {k: v for k, v in changes.items() if k not in retrieval_keys and v is not None}
         return replace(self, retrieval=retrieval, **rest)
+
+
+def preset_settings(name: str) -> dict[str, object]:
+    if name not in PRESETS:
+        raise VosError(f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}.")
+    return dict(PRESETS[name])

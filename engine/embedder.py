@@ -81,7 +81,7 @@ class FrameEmbedder:
         if self.runtime == "onnx":
             size = tuple(batch.shape[-2:])
             if self._onnx is None or self._onnx.size != size:
-                self._onnx = OnnxEmbedding(self.model, *size)
+                self._onnx = OnnxEmbedding.for_model(self.model, *size)
             return self._onnx(batch, coords)
         if self.dtype is not None:
             with torch.autocast(self.device.type, dtype=self.dtype):

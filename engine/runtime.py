@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from engine.errors import VosError
 from engine.model import OUTPUT_STRIDE, EmbeddingModel
 
 RUNTIMES = ("auto", "torch", "onnx")
+_EXPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(h, w, threads): (versions, export)}
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -182,6 +184,20 @@ class OnnxEmbedding:
         options.log_severity_level = 3
         self.size = (height, width)
         self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def for_model(cls, model: EmbeddingModel, height: int, width: int) -> OnnxEmbedding:
+        """One export per model, input size and thread count, kept while the model lives: a run
+        over many videos of one size (``vosctl eval``) exports once. Weights changed in place since
+        (training validates the model it trains) make a new export: every tensor counts its
+        in-place changes in ``_version``."""
+        versions = tuple(t._version for t in (*model.parameters(), *model.buffers()))
+        key = (height, width, torch.get_num_threads())
+        per_model = _EXPORTS.setdefault(model, {})
+        cached = per_model.get(key)
+        if cached is None or cached[0] != versions:
+            per_model[key] = (versions, cls(model, height, width, threads=key[2]))
+        return per_model[key][1]
 
     def __call__(self, image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) float32 in [0, 255], coords (B, 3, H/8, W/8) -> (B, D, H/8, W/8)."""

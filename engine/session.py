@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import ALIGN, REFINERS, SessionConfig
+from engine.config import ALIGN, REFINERS, SessionConfig, preset_settings
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
+from engine.objects import object_ids
 from engine.propagation import Propagator
 
 __all__ = [
@@ -81,7 +82,8 @@ class VideoSession:
     def memory(self):
         return self.propagator.memory
 
-    def _timed(self, stage: str, start: float) -> float:
+    def record_time(self, stage: str, start: float) -> float:
+        """Add the time since ``start`` to ``timings[stage]`` (thread-safe); returns now."""
         if self.profile and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
@@ -126,8 +128,10 @@ class VideoSession:
         """:meth:`step` for consecutive frames: the key frames among them are embedded in one batch,
         then each frame is propagated in order. The results equal those of :meth:`step` frame by
         frame up to the rounding of the network's batched arithmetic. ``refine=False`` leaves the
-        refinement to the caller (:meth:`refine`, thread-safe), for example on another thread."""
-        masks = list(masks) if masks is not None else [None] * len(frames)
+        refinement to the caller (:meth:`refine`, thread-safe), for example on another thread; a frame
+        given a mask returns that mask and is not refined. A 0/255 mask is object 1
+        (engine.objects.object_ids), as in the CLI."""
+        masks = [object_ids(m) if m is not None else None for m in masks] if masks is not None else [None] * len(frames)
         if len(masks) != len(frames):
             raise VosError("step_batch needs one mask (or None) per frame.")
         start = time.perf_counter()
@@ -137,26 +141,26 @@ class VideoSession:
         keys = self._key_frames(masks)
         times = [(self.frame_index + i) / TIME_HORIZON for i in keys]
         embedded = dict(zip(keys, self.embedder.embed([smalls[i] for i in keys], times), strict=True)) if keys else {}
-        start = self._timed("embed", start)
+        start = self.record_time("embed", start)
         h, w = smalls[0].shape[:2]
         grid = (h // OUTPUT_STRIDE, w // OUTPUT_STRIDE)
         results = []
         for i, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
             flow = self.propagator.motion(smalls[i], grid)
-            start = self._timed("flow", start)
+            start = self.record_time("flow", start)
             if mask is not None:
                 results.append(self.propagator.reference(embedded[i], mask.astype(np.uint8), grid))
                 self.frame_index += 1
                 continue
             if i in embedded:
                 coarse = self.propagator.propagate(embedded[i], grid, flow)
-                start = self._timed("retrieve", start)
+                start = self.record_time("retrieve", start)
             else:
                 coarse = self.propagator.carry(flow)
-                start = self._timed("carry", start)
+                start = self.record_time("carry", start)
             full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
             full = full.float().cpu()
-            start = self._timed("upsample", start)
+            start = self.record_time("upsample", start)
             results.append(self.refine(frame, full) if refine else full)
             start = time.perf_counter()
             self.frame_index += 1
@@ -180,7 +184,7 @@ class VideoSession:
             return probs
         start = time.perf_counter()
         refined = self.refiner(frame, probs)
-        self._timed("refine", start)
+        self.record_time("refine", start)
         return refined
 
     def to_ids(self, probs: torch.Tensor) -> np.ndarray:
@@ -218,7 +222,10 @@ def segment_video(
         yield session.to_ids(probs)
 
 
-def session_config_for(model: EmbeddingModel, **overrides) -> SessionConfig:
-    """The model's own inference settings (saved with it), then the caller's non-None overrides."""
+def session_config_for(model: EmbeddingModel, *, preset: str | None = None, **overrides) -> SessionConfig:
+    """The model's own inference settings (saved with it), then the ``preset``'s (engine.config),
+    then the caller's non-None overrides."""
     base = SessionConfig().with_overrides(**model.config.inference)
+    if preset is not None:
+        base = base.with_overrides(**preset_settings(preset))
     return base.with_overrides(**overrides)

@@ -106,3 +106,24 @@ def test_embedder_batches_equal_single_frames(tiny_model):
         alone = embedder.embed([image], [i / 100])[0]
         assert (alone.keys - together[i].keys).abs().max() < 1e-5
         assert torch.equal(alone.coords, together[i].coords)
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed")
+def test_onnx_export_is_reused_until_the_weights_change(tiny_model):
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    first = OnnxEmbedding.for_model(model, 64, 96)
+    assert OnnxEmbedding.for_model(model, 64, 96) is first
+    assert OnnxEmbedding.for_model(model, 96, 64) is not first
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)  # as an optimiser step changes them
+    again = OnnxEmbedding.for_model(model, 64, 96)
+    assert again is not first
+    image = torch.rand(1, 3, 64, 96) * 255
+    from engine.model import coordinate_grid
+
+    coords = coordinate_grid(8, 12, 0.0)[None]
+    with torch.inference_mode():
+        expected = model.embed_at(image, coords)
+    assert (again(image, coords) - expected).abs().max() < 1e-4

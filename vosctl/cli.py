@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import typer
+from vosctl.threads import configure_threads
 
-from vosctl.commands.eval import eval_app
-from vosctl.commands.segment import segment
-from vosctl.commands.train import train
+configure_threads()  # before torch loads, which the commands import
+
+import typer  # noqa: E402
+
+from vosctl.commands.eval import eval_app  # noqa: E402
+from vosctl.commands.segment import segment  # noqa: E402
+from vosctl.commands.train import train  # noqa: E402
 
 app = typer.Typer(
     name="vosctl",

@@ -33,6 +33,12 @@ AUDIO_REMUX = {
 }
 
 
+# x264's speed preset for overlay videos. On 2 CPU cores at 480p (bear, 40 frames): veryfast 17 ms
+# a frame of CPU time, superfast 12 ms, ultrafast 8 ms at 3.7x the file size; veryfast keeps the
+# overlay small and costs less than the network it runs beside.
+OVERLAY_PRESET = "veryfast"
+
+
 def container_for(path: Path) -> tuple[str, str, str]:
     suffix = Path(path).suffix.lower()
     if suffix not in CONTAINERS:
@@ -54,6 +60,7 @@ class VideoWriter:
         time_base: Fraction | None,
         lossless: bool = False,
         audio_stream=None,
+        preset: str | None = None,
     ) -> None:
         fmt, lossy, exact = container_for(final_path)
         codec = exact if lossless else lossy
@@ -80,7 +87,7 @@ class VideoWriter:
         else:  # yuv420p needs even sides; odd frames keep every pixel in 4:4:4
             even = width % 2 == 0 and height % 2 == 0
             self.stream.pix_fmt = "yuv420p" if even else "yuv444p"
-            self.stream.options = {"crf": "20", "preset": "veryfast"}
+            self.stream.options = {"crf": "20", "preset": preset or OVERLAY_PRESET}
         self.audio_in = audio_stream
         self.audio_out = None
         self._audio_decoder = None

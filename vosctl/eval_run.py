@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from engine.devices import resolve_device
+from engine.devices import default_batch, resolve_device
 from engine.errors import VosError
 from engine.factory import build_model, default_model_spec
 from engine.session import SessionConfig, VideoSession, session_config_for
@@ -62,8 +62,23 @@ def _write_mask(path: Path, ids: np.ndarray, single: bool) -> None:
         write_palette_png(path, ids, davis_palette())
 
 
+def _read_frame(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise VosError(f"The frame {path} is not a readable image.")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def run_sequence(
-    *, data: Path, seq: str, out: Path, model_spec: str, config: SessionConfig, device: str, stamp: str
+    *,
+    data: Path,
+    seq: str,
+    out: Path,
+    model_spec: str,
+    config: SessionConfig,
+    device: str,
+    stamp: str,
+    batch: int | None = None,
 ) -> dict:
     """Segment one sequence from its first annotation, write its masks, return its figures."""
     frames, annotations = sequence_frames(data, seq), sequence_annotations(data, seq)
@@ -71,6 +86,7 @@ def run_sequence(
         raise VosError(f"Sequence '{seq}' has {len(frames)} frames but {len(annotations)} annotations.")
     model = _model(model_spec, device)
     session = VideoSession(model, config, device=device)
+    batch = batch or default_batch(torch.device(device))
     scorer = SequenceScorer()
     folder = out / seq
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,17 +94,17 @@ def run_sequence(
     single = len(np.unique(first[first > 0])) == 1
     engine_seconds = 0.0
     start = time.perf_counter()
-    for index, (frame_path, ann_path) in enumerate(zip(frames, annotations, strict=True)):
-        image = cv2.imread(str(frame_path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise VosError(f"The frame {frame_path} is not a readable image.")
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    pairs = list(zip(frames, annotations, strict=True))
+    for offset in range(0, len(pairs), batch):
+        chunk = pairs[offset : offset + batch]
+        images = [_read_frame(frame_path) for frame_path, _ in chunk]
         step_start = time.perf_counter()
-        probs = session.step(image, first if index == 0 else None)
-        ids = session.to_ids(probs)
+        probs = session.step_batch(images, [first if offset + i == 0 else None for i in range(len(chunk))])
+        masks = [session.to_ids(p) for p in probs]
         engine_seconds += time.perf_counter() - step_start
-        _write_mask(folder / ann_path.name, ids, single)
-        scorer.add(read_annotation(ann_path), ids)
+        for (_, ann_path), ids in zip(chunk, masks, strict=True):
+            _write_mask(folder / ann_path.name, ids, single)
+            scorer.add(read_annotation(ann_path), ids)
     result = scorer.result()
     result.update(frames_total=len(frames), engine_seconds=engine_seconds, total_seconds=time.perf_counter() - start)
     (folder / DONE).write_text(json.dumps({"fingerprint": stamp, "result": result}))
@@ -135,6 +151,7 @@ def evaluate_model(
     gpus: list[int] | None = None,
     resume: bool = False,
     on_sequence=None,
+    batch: int | None = None,
 ) -> dict:
     """Run and score the model on a DAVIS split; returns the summary (see vosctl.evaluate)."""
     data, out = Path(data), Path(out)
@@ -146,7 +163,9 @@ def evaluate_model(
     for seq in sequences:  # fail on a missing sequence before any work
         sequence_frames(data, seq), sequence_annotations(data, seq)
     model_spec = model_spec or default_model_spec()
-    config = session_config_for(build_model(model_spec, "cpu"), **(overrides or {}))
+    overrides = dict(overrides or {})
+    preset = overrides.pop("preset", None)
+    config = session_config_for(build_model(model_spec, "cpu"), preset=preset, **overrides)
     stamp = fingerprint(model_spec, config)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed()
@@ -172,6 +191,7 @@ def evaluate_model(
             config=config,
             device=devices[i % len(devices)],
             stamp=stamp,
+            batch=batch,
         )
         for i, seq in enumerate(mine)
     ]

@@ -14,6 +14,12 @@ class Refine(str, Enum):
     none = "none"
 
 
+class Preset(str, Enum):
+    fast = "fast"
+    balanced = "balanced"
+    accurate = "accurate"
+
+
 ModelOption = Annotated[
     str | None,
     typer.Option(
@@ -42,6 +48,22 @@ FullPrecisionOption = Annotated[
 ThreadsOption = Annotated[
     int | None,
     typer.Option("--threads", min=1, help="CPU threads torch may use (default: all cores; 1 on a busy machine)."),
+]
+BatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch",
+        min=1,
+        help="Frames the network embeds at once, ahead of propagation (default: 1 on a CPU, 8 on a GPU).",
+    ),
+]
+PresetOption = Annotated[
+    Preset | None,
+    typer.Option(
+        "--preset",
+        help="fast: 10+ fps on 2 CPU cores, lower accuracy; balanced: the defaults; accurate: slower, "
+        "finer (see the README's speed/accuracy table). Options given beside it win.",
+    ),
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]

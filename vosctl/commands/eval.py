@@ -18,6 +18,7 @@ from rich.progress import (
 
 from vosctl.console import console, out, reported_errors
 from vosctl.options import (
+    BatchOption,
     DebugOption,
     DeviceOption,
     FullPrecisionOption,
@@ -25,6 +26,7 @@ from vosctl.options import (
     MaxSizeOption,
     ModelOption,
     OnlineOption,
+    PresetOption,
     RefineOption,
     ThreadsOption,
 )
@@ -61,6 +63,8 @@ def davis16(
     resume: Annotated[bool, typer.Option("--resume", help="Skip sequences finished by the same model.")] = False,
     threads: ThreadsOption = None,
     full_precision: FullPrecisionOption = False,
+    preset: PresetOption = None,
+    batch: BatchOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Score on DAVIS 2016: J and F (mean, recall, decay), J&F, speed; results.json/csv/png."""
@@ -76,6 +80,7 @@ def davis16(
         else:
             overrides = dict(max_size=max_size, online=online, k=k, refine=refine.value if refine else None)
             overrides["half"] = False if full_precision else None
+            overrides["preset"] = preset.value if preset is not None else None
             columns = [
                 SpinnerColumn(),
                 TextColumn("[bold]{task.description}"),
@@ -101,6 +106,7 @@ def davis16(
                     gpus=_gpu_list(gpus),
                     resume=resume,
                     on_sequence=on_sequence,
+                    batch=batch,
                 )
             if summary.get("rank", 0) != 0:
                 return

@@ -17,11 +17,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from engine.devices import resolve_device
+from engine.devices import default_batch, resolve_device
 from engine.factory import build_model
 from engine.session import session_config_for
 from vosctl.console import console, out, reported_errors
 from vosctl.options import (
+    BatchOption,
     DebugOption,
     DeviceOption,
     FullPrecisionOption,
@@ -30,6 +31,7 @@ from vosctl.options import (
     ModelOption,
     OnlineOption,
     OverwriteOption,
+    PresetOption,
     RefineOption,
     ThreadsOption,
 )
@@ -58,6 +60,8 @@ def segment(
     overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
     full_precision: FullPrecisionOption = False,
+    preset: PresetOption = None,
+    batch: BatchOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Segment the object(s) of the first-frame mask in every frame of VIDEO."""
@@ -71,6 +75,7 @@ def segment(
         net = build_model(model, torch_device)
         config = session_config_for(
             net,
+            preset=preset.value if preset is not None else None,
             max_size=max_size,
             online=online,
             k=k,
@@ -111,6 +116,7 @@ def segment(
                 fps=fps,
                 on_start=on_start,
                 on_frame=on_frame,
+                batch=batch or default_batch(torch_device),
             )
             progress.update(task, total=result.frames, completed=result.frames)
         finally:

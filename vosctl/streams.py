@@ -1,0 +1,114 @@
+"""Decode ahead and encode behind, each in its own thread, so the network is not kept waiting.
+
+Both queues are bounded, so memory stays flat in the video's length whatever the speed of either
+side. An exception on a thread is raised again in the caller's thread, at its next call.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+class Prefetch(Generic[T]):
+    """Iterates ``items`` on a thread, at most ``size`` ahead of the consumer."""
+
+    def __init__(self, items: Iterable[T], size: int = 4) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(items),), name="vosctl-decode", daemon=True)
+        self._thread.start()
+
+    def _put(self, value) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator[T]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+        except BaseException as error:  # handed to the consumer
+            self._put(_Failure(error))
+            return
+        self._put(_END)
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            value = self._queue.get()
+            if value is _END:
+                return
+            if isinstance(value, _Failure):
+                raise value.error
+            yield value
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the item it is producing) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+class Worker:
+    """Runs ``job(*args)`` calls in order on one thread; at most ``size`` wait to run."""
+
+    def __init__(self, job: Callable[..., None], size: int = 4) -> None:
+        self._job = job
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="vosctl-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            args = self._queue.get()
+            if args is _END:
+                return
+            if self._error is None:
+                try:
+                    self._job(*args)
+                except BaseException as error:  # raised again in the caller's thread
+                    self._error = error
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, *args) -> None:
+        self._raise()
+        self._queue.put(args)
+
+    def finish(self) -> None:
+        """Wait until every submitted call has run; raise the first error one of them raised."""
+        self._queue.put(_END)
+        self._thread.join()
+        self._raise()
+
+    def abort(self) -> None:
+        """Skip what has not run yet and wait for the thread to end."""
+        self._error = self._error or _Aborted()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put(_END)
+        self._thread.join()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Aborted(Exception):
+    pass
