@@ -1,29 +1,95 @@
-"""Seconds per frame and fps of each stage of ``vosctl segment`` at 480p, and end to end.
+"""Seconds per frame of each stage of ``vosctl segment``, and end to end, idle and under load.
 
     python benchmarks/bench_segment.py [--video examples/bear.mp4 --mask examples/bear.png]
-        [--model PATH|imagenet] [--threads N] [--refine none|bilateral] [--no-online]
-        [--max-size N] [--full-precision]
+        [--model PATH|imagenet] [--threads 2] [--preset fast|balanced|accurate] [--set NAME=VALUE ...]
+        [--precisions float32,bfloat16] [--loads 0,1] [--batch N] [--repeat 2]
 
-Stages: decode (PyAV, alone), embed, retrieve, memory update, refine (from the session's own
-timers), encode (overlay drawing and H.264 encoding), then the whole pipeline as the CLI runs it.
+For each precision (float32 always; bfloat16 only where the CPU computes it natively) and each
+load (0: idle; 1: one other CPU-bound process running beside it, as on a busy machine), the whole
+pipeline runs as the CLI runs it (decode thread, engine, refine + encode thread; overlay video and
+mask PNGs written) and the best of ``--repeat`` runs is reported. Stage times are summed over
+threads that overlap, so they add up to more than the end-to-end time. The CPU's flags are printed:
+speed depends on them (AVX2 alone, or AVX512 / AVX512-BF16 / AMX).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from engine.devices import resolve_device
-from engine.factory import build_model
-from engine.session import session_config_for
-from vosctl.pipeline import segment_file
-from vosctl.video import Frame, open_source
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vosctl.threads import configure_threads  # noqa: E402
+
+configure_threads()  # as the CLI does, before torch loads
+
+import torch  # noqa: E402
+
+from engine.devices import cpu_has_native_bf16  # noqa: E402
+from engine.factory import build_model  # noqa: E402
+from engine.session import session_config_for  # noqa: E402
+from vosctl.pipeline import segment_file  # noqa: E402
+from vosctl.video import Frame, open_source  # noqa: E402
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "unknown"
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in FLAGS)
+
+
+def _busy() -> None:
+    while True:
+        pass
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def run(args, model, half: bool, load: int) -> tuple[float, dict[str, float], int]:
+    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    config = session_config_for(model, preset=args.preset, half=half, **overrides)
+    context = multiprocessing.get_context("spawn")
+    hogs = [context.Process(target=_busy, daemon=True) for _ in range(load)]
+    for hog in hogs:
+        hog.start()
+    try:
+        best = None
+        with tempfile.TemporaryDirectory() as tmp:
+            for attempt in range(args.repeat):
+                result = segment_file(
+                    video=args.video,
+                    mask=args.mask,
+                    model=model,
+                    config=config,
+                    device=torch.device("cpu"),
+                    output=Path(tmp) / f"bench{attempt}.mp4",
+                    masks_dir=Path(tmp) / f"masks{attempt}",
+                    batch=args.batch,
+                    encode_thread=not args.no_encode_thread,
+                )
+                if best is None or result.seconds < best.seconds:
+                    best = result
+    finally:
+        for hog in hogs:
+            hog.terminate()
+            hog.join()
+    return best.seconds / best.frames, {k: v / best.frames for k, v in best.stage_seconds.items()}, best.frames
 
 
 def main() -> None:
@@ -31,16 +97,16 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=ROOT / "examples" / "bear.mp4")
     parser.add_argument("--mask", type=Path, default=ROOT / "examples" / "bear.png")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--refine", choices=["none", "bilateral"], default=None)
-    parser.add_argument("--online", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--max-size", type=int, default=None)
-    parser.add_argument("--full-precision", action="store_true", help="float32 even where bf16/fp16 is fast")
-    parser.add_argument("--repeat", type=int, default=2, help="end-to-end runs; the best is reported")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
+    parser.add_argument("--precisions", default="float32,bfloat16")
+    parser.add_argument("--loads", default="0,1", help="Competing CPU-bound processes, e.g. 0,1.")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--no-encode-thread", action="store_true", help="Refine and encode in the main thread.")
+    parser.add_argument("--repeat", type=int, default=2, help="Runs per case; the fastest is reported.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
 
     start = time.perf_counter()
     with open_source(args.video) as source:
@@ -48,39 +114,20 @@ def main() -> None:
     decode = (time.perf_counter() - start) / len(frames)
     height, width = frames[0].image.shape[:2]
     del frames
-
-    model = build_model(args.model, device)
-    config = session_config_for(
-        model,
-        refine=args.refine,
-        online=args.online,
-        max_size=args.max_size,
-        half=False if args.full_precision else None,
-    )
-    best = None
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in range(args.repeat):
-            result = segment_file(
-                video=args.video,
-                mask=args.mask,
-                model=model,
-                config=config,
-                device=device,
-                output=Path(tmp) / f"bench{run}.mp4",
-                overwrite=True,
-            )
-            if best is None or result.seconds < best.seconds:
-                best = result
-    n = best.frames
-    print(
-        f"video {args.video.name}: {n} frames at {width}x{height}; device {device}, {args.threads} threads; "
-        f"max_size {config.max_size}, online {config.online}, refine {config.refine}"
-    )
-    print(f"{'stage':<16}{'s/frame':>10}{'fps':>10}")
-    rows = [("decode", decode)] + [(stage, seconds / n) for stage, seconds in best.stage_seconds.items()]
-    rows.append(("end to end", best.seconds / n))
-    for stage, seconds in rows:
-        print(f"{stage:<16}{seconds:>10.4f}{(1.0 / seconds if seconds > 0 else float('inf')):>10.1f}")
+    model = build_model(args.model)
+    precisions = [p for p in args.precisions.split(",") if p == "float32" or cpu_has_native_bf16()]
+    print(f"video {args.video.name} at {width}x{height}; {args.threads} threads; CPU flags: {cpu_flags()}")
+    print(f"preset {args.preset or 'balanced'}, settings {args.set or 'defaults'}; decode alone {decode:.4f} s/frame")
+    rows = []
+    for precision in precisions:
+        for load in (int(n) for n in args.loads.split(",")):
+            seconds, stages, n = run(args, model, precision != "float32", load)
+            rows.append((precision, load, seconds, stages, n))
+    stages = sorted({stage for row in rows for stage in row[3]})
+    print(f"{'precision':<10}{'load':>5}" + "".join(f"{s:>10}" for s in stages) + f"{'end to end':>12}{'fps':>7}")
+    for precision, load, seconds, per_stage, _ in rows:
+        cells = "".join(f"{per_stage.get(s, 0.0):>10.4f}" for s in stages)
+        print(f"{precision:<10}{load:>5}{cells}{seconds:>12.4f}{1.0 / seconds:>7.1f}")
 
 
 if __name__ == "__main__":

@@ -79,9 +79,8 @@ class FrameEmbedder:
 
     def _network(self, batch: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         if self.runtime == "onnx":
-            size = tuple(batch.shape[-2:])
-            if self._onnx is None or self._onnx.size != size:
-                self._onnx = OnnxEmbedding.for_model(self.model, *size)
+            if self._onnx is None:
+                self._onnx = OnnxEmbedding.for_model(self.model)
             return self._onnx(batch, coords)
         if self.dtype is not None:
             with torch.autocast(self.device.type, dtype=self.dtype):

@@ -7,8 +7,9 @@ Two steps, each measured there (``benchmarks/bench_engine.py``):
 - :func:`inference_copy`: batch norm folded into the convolutions' weights and bias, TensorFlow's
   "SAME" padding done inside the convolution where it is symmetric (every stride-1 layer; only the
   five strided layers keep an explicit pad), channels-last memory: 0.13-0.15 s.
-- :class:`OnnxEmbedding`: that copy and the head exported to ONNX for one input size and run by
-  ONNX Runtime (its depthwise kernels are faster than oneDNN's on these CPUs): 0.09 s.
+- :class:`OnnxEmbedding`: that copy and the head exported to ONNX (once per model, kept in the
+  user's cache folder) and run by ONNX Runtime, whose depthwise kernels are faster than oneDNN's
+  on these CPUs: 0.09 s for the backbone, 0.13-0.14 s with the trained head.
 
 Both compute the same function as :meth:`engine.model.EmbeddingModel.embed` up to float32
 rounding (the tests compare them). Neither is used for reduced precision, where torch's own
@@ -18,9 +19,12 @@ bfloat16/float16 kernels run.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import os
 import warnings
 import weakref
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,10 +33,12 @@ from torch import nn
 
 from engine.backbones import EfficientNetLite, _MBConv, _SameConv2d
 from engine.errors import VosError
+from engine.files import write_atomic
 from engine.model import OUTPUT_STRIDE, EmbeddingModel
 
 RUNTIMES = ("auto", "torch", "onnx")
-_EXPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(h, w, threads): (versions, export)}
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {threads: (versions, session)}
+_GRAPH_FORMAT = 1  # bump when the exported graph changes for the same weights
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -147,57 +153,99 @@ def onnxruntime_available() -> bool:
     return True
 
 
-class OnnxEmbedding:
-    """``model.embed`` for one input size, run by ONNX Runtime on the CPU in float32.
+def cache_dir() -> Path:
+    """Where exported graphs are kept between runs: ``$VOSCTL_CACHE``, else the user's cache
+    folder (``$XDG_CACHE_HOME/vosctl``, ``~/.cache/vosctl``)."""
+    if os.environ.get("VOSCTL_CACHE"):
+        return Path(os.environ["VOSCTL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vosctl"
 
-    The graph is exported in memory when the first frame of a size arrives (about a second), with
-    a free batch dimension. ONNX Runtime's threads do not spin while waiting for work
-    (``allow_spinning=0``): spinning threads steal time from other processes and from this one's
-    decode and encode threads, which on 2 cores cost more than the wake-up latency saves.
+
+def _fingerprint(model: EmbeddingModel) -> str:
+    """The weights, the configuration and the exporter's version: what the exported graph depends on."""
+    import onnx
+
+    digest = hashlib.sha256(f"{_GRAPH_FORMAT} {torch.__version__} {onnx.__version__} {model.config}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _export(model: EmbeddingModel) -> bytes:
+    fast = inference_copy(model).to(memory_format=torch.contiguous_format)
+    graph = _EmbedGraph(fast).eval()
+    example = (torch.zeros(1, 3, 64, 96), torch.zeros(1, 3, 64 // OUTPUT_STRIDE, 96 // OUTPUT_STRIDE))
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
+        torch.onnx.export(
+            graph,
+            example,
+            buffer,
+            input_names=["image", "coords"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "coords": {0: "batch", 2: "grid_height", 3: "grid_width"},
+                "embedding": {0: "batch", 2: "grid_height", 3: "grid_width"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def exported_graph(model: EmbeddingModel) -> bytes:
+    """The model's embedding as an ONNX graph (any batch and input size): exported (2 s on 2
+    cores) the first time, then read from :func:`cache_dir` (a file per model and version). A
+    cache that cannot be written is skipped."""
+    path = cache_dir() / f"embed-{_fingerprint(model)}.onnx"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    graph = _export(model)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: tmp.write_bytes(graph))
+    except OSError:
+        pass
+    return graph
+
+
+class OnnxEmbedding:
+    """``model.embed_at`` run by ONNX Runtime on the CPU in float32, for any batch and input size.
+
+    ONNX Runtime's threads do not spin while waiting for work (``allow_spinning=0``): spinning
+    threads steal time from other processes and from this one's decode and encode threads.
     """
 
-    def __init__(self, model: EmbeddingModel, height: int, width: int, *, threads: int | None = None) -> None:
+    def __init__(self, model: EmbeddingModel, *, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        fast = inference_copy(model).to(memory_format=torch.contiguous_format)
-        graph = _EmbedGraph(fast).eval()
-        gh, gw = height // OUTPUT_STRIDE, width // OUTPUT_STRIDE
-        example = (torch.zeros(1, 3, height, width), torch.zeros(1, 3, gh, gw))
-        buffer = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on Python control flow, fixed by one size
-            torch.onnx.export(
-                graph,
-                example,
-                buffer,
-                input_names=["image", "coords"],
-                output_names=["embedding"],
-                dynamic_axes={"image": {0: "batch"}, "coords": {0: "batch"}, "embedding": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
-        self.size = (height, width)
-        self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(exported_graph(model), options, providers=["CPUExecutionProvider"])
 
     @classmethod
-    def for_model(cls, model: EmbeddingModel, height: int, width: int) -> OnnxEmbedding:
-        """One export per model, input size and thread count, kept while the model lives: a run
-        over many videos of one size (``vosctl eval``) exports once. Weights changed in place since
-        (training validates the model it trains) make a new export: every tensor counts its
-        in-place changes in ``_version``."""
+    def for_model(cls, model: EmbeddingModel) -> OnnxEmbedding:
+        """One runtime session per model and thread count, kept while the model lives (a run over
+        many videos, ``vosctl eval``, builds it once). Weights changed in place since (training
+        validates the model it trains) make a new one: every tensor counts its in-place changes
+        in ``_version``."""
         versions = tuple(t._version for t in (*model.parameters(), *model.buffers()))
-        key = (height, width, torch.get_num_threads())
-        per_model = _EXPORTS.setdefault(model, {})
-        cached = per_model.get(key)
+        threads = torch.get_num_threads()
+        per_model = _SESSIONS.setdefault(model, {})
+        cached = per_model.get(threads)
         if cached is None or cached[0] != versions:
-            per_model[key] = (versions, cls(model, height, width, threads=key[2]))
-        return per_model[key][1]
+            per_model[threads] = (versions, cls(model, threads=threads))
+        return per_model[threads][1]
 
     def __call__(self, image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) float32 in [0, 255], coords (B, 3, H/8, W/8) -> (B, D, H/8, W/8)."""

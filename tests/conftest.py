@@ -23,6 +23,14 @@ DEFAULT_DAVIS = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "d
 CLI_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Path:
+    """Exported graphs go to a temporary folder, not the user's cache (subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("vosctl-cache")
+    os.environ["VOSCTL_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def davis_root() -> Path:
     root = Path(os.environ.get("VOSCTL_DAVIS2016", DEFAULT_DAVIS))

@@ -48,7 +48,7 @@ def test_onnx_embedding_equals_the_model_for_any_batch(lite_trained_head):
     from engine.model import coordinate_grid
 
     coords = torch.stack([coordinate_grid(12, 20, t) for t in (0.0, 0.1, 0.2)])
-    onnx = OnnxEmbedding(lite_trained_head, 96, 160)
+    onnx = OnnxEmbedding(lite_trained_head)
     with torch.inference_mode():
         expected = lite_trained_head.embed_at(image, coords)
     assert (onnx(image, coords) - expected).abs().max() < 1e-4
@@ -109,21 +109,47 @@ def test_embedder_batches_equal_single_frames(tiny_model):
 
 
 @pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed")
-def test_onnx_export_is_reused_until_the_weights_change(tiny_model):
+def test_onnx_graph_is_cached_and_rebuilt_when_the_weights_change(tiny_model, tmp_path, monkeypatch):
     import copy
 
-    model = copy.deepcopy(tiny_model)
-    first = OnnxEmbedding.for_model(model, 64, 96)
-    assert OnnxEmbedding.for_model(model, 64, 96) is first
-    assert OnnxEmbedding.for_model(model, 96, 64) is not first
-    with torch.no_grad():
-        next(model.parameters()).mul_(2.0)  # as an optimiser step changes them
-    again = OnnxEmbedding.for_model(model, 64, 96)
-    assert again is not first
-    image = torch.rand(1, 3, 64, 96) * 255
+    from engine import runtime
     from engine.model import coordinate_grid
 
+    monkeypatch.setenv("VOSCTL_CACHE", str(tmp_path / "cache"))
+    model = copy.deepcopy(tiny_model)
+    first = OnnxEmbedding.for_model(model)
+    assert OnnxEmbedding.for_model(model) is first
+    cached = list((tmp_path / "cache").glob("embed-*.onnx"))
+    assert len(cached) == 1
+    exports = []
+    monkeypatch.setattr(runtime, "_export", lambda m: exports.append(m) or b"")
+    assert runtime.exported_graph(model) == cached[0].read_bytes()  # read back, not exported again
+    assert exports == []
+    monkeypatch.undo()
+    monkeypatch.setenv("VOSCTL_CACHE", str(tmp_path / "cache"))
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)  # as an optimiser step changes them
+    again = OnnxEmbedding.for_model(model)
+    assert again is not first
+    assert len(list((tmp_path / "cache").glob("embed-*.onnx"))) == 2
+    image = torch.rand(1, 3, 64, 96) * 255
     coords = coordinate_grid(8, 12, 0.0)[None]
     with torch.inference_mode():
         expected = model.embed_at(image, coords)
     assert (again(image, coords) - expected).abs().max() < 1e-4
+    # Any input size runs on the one graph.
+    image, coords = torch.rand(2, 3, 96, 64) * 255, torch.stack([coordinate_grid(12, 8, 0.1)] * 2)
+    with torch.inference_mode():
+        assert (again(image, coords) - model.embed_at(image, coords)).abs().max() < 1e-4
+
+
+def test_an_unwritable_cache_is_skipped(tiny_model, tmp_path, monkeypatch):
+    if not onnxruntime_available():
+        pytest.skip("onnx/onnxruntime not installed")
+    from engine import runtime
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("VOSCTL_CACHE", str(blocker / "cache"))
+    assert runtime.exported_graph(tiny_model)  # exported, not cached
+    assert blocker.read_text() == "not a folder"

@@ -58,6 +58,7 @@ def segment_file(
     on_frame: Callable[[int], None] | None = None,
     batch: int = 1,
     overlay_preset: str | None = None,
+    encode_thread: bool = True,
 ) -> SegmentResult:
     """Segment ``video`` given the first frame's ``mask``; write the requested outputs atomically.
 
@@ -119,7 +120,7 @@ def segment_file(
                 pending.clear()
 
             decoded = Prefetch(source.items(), size=max(8, 2 * batch))
-            worker = Worker(write, size=max(4, batch))
+            worker = Worker(write, size=max(4, batch), inline=not encode_thread)
             early_audio: list[AudioPacket] = []  # audio that arrives before the first frame is decoded
             pending: list[Frame] = []
             started = False  # the first frame has arrived

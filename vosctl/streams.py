@@ -61,12 +61,14 @@ class Prefetch(Generic[T]):
 class Worker:
     """Runs ``job(*args)`` calls in order on one thread; at most ``size`` wait to run."""
 
-    def __init__(self, job: Callable[..., None], size: int = 4) -> None:
+    def __init__(self, job: Callable[..., None], size: int = 4, *, inline: bool = False) -> None:
         self._job = job
+        self._inline = inline  # run each call in the caller's thread instead
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="vosctl-encode", daemon=True)
-        self._thread.start()
+        if not inline:
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -85,17 +87,23 @@ class Worker:
 
     def submit(self, *args) -> None:
         self._raise()
-        self._queue.put(args)
+        if self._inline:
+            self._job(*args)
+        else:
+            self._queue.put(args)
 
     def finish(self) -> None:
         """Wait until every submitted call has run; raise the first error one of them raised."""
-        self._queue.put(_END)
-        self._thread.join()
+        if not self._inline:
+            self._queue.put(_END)
+            self._thread.join()
         self._raise()
 
     def abort(self) -> None:
         """Skip what has not run yet and wait for the thread to end."""
         self._error = self._error or _Aborted()
+        if self._inline:
+            return
         while True:
             try:
                 self._queue.get_nowait()
