@@ -12,8 +12,8 @@ Three figures, each timed from the first frame to the last, model construction e
 
 * vosctl engine: ``VideoSession.step`` + ``to_ids`` over frames already decoded in memory;
 * vosctl end to end: ``vosctl.pipeline.segment_file`` as ``vosctl segment --masks-dir`` runs it
-  (PyAV decoding, engine, palette PNGs and the overlay video written); with ``--frames`` below the video's length it runs
-  on a re-encoded (libx264) copy of the first N frames;
+  (PyAV decoding, engine, palette PNGs and the overlay video written); with ``--frames`` below
+  the video's length it runs on a re-encoded (libx264) copy of the first N frames;
 * Cutie-small engine: ``InferenceCore.step`` + ``output_prob_to_mask`` over the same decoded frames,
   float32, under ``torch.inference_mode()``, at Cutie's default internal size (its ``max_internal_size``).
 
