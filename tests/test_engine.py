@@ -477,3 +477,51 @@ def test_projection_keeps_retrieval_close_to_the_full_embedding(tiny_model):
     moved = np.roll(frame, 3, axis=1)
     agree = (full.to_ids(full.step(moved)) == small.to_ids(small.step(moved))).mean()
     assert agree > 0.9
+
+
+def test_key_frames_run_the_network_on_every_nth_frame_and_carry_the_others(tiny_model):
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 255, size=(64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[16:40, 24:56] = 1
+    session = VideoSession(tiny_model, SessionConfig(refine="none", keyframe_interval=3, prior_flow=False))
+    embedded = []
+    real_embed = session.embedder.embed
+    session.embedder.embed = lambda images, times: embedded.append(len(images)) or real_embed(images, times)
+    outputs = session.step_batch([frame] * 7, [mask] + [None] * 6)
+    assert embedded == [3]  # frames 0 (annotated), 3 and 6
+    assert all(p.shape == (2, 64, 96) for p in outputs)
+    # A carried frame is the last key frame's probabilities (here without flow: unchanged).
+    assert torch.equal(outputs[1], outputs[2]) and torch.equal(outputs[4], outputs[5])
+    assert not torch.equal(outputs[2], outputs[3])
+    with pytest.raises(VosError):
+        SessionConfig(keyframe_interval=0)
+
+
+def test_prior_gate_retrieves_only_where_an_object_can_be(tiny_model):
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 255, size=(128, 128, 3), dtype=np.uint8)
+    mask = np.zeros((128, 128), dtype=np.uint8)
+    mask[8:24, 8:24] = 1  # a small object in a corner of a 16x16 grid
+    results = {}
+    for gate in (False, True):
+        config = SessionConfig(refine="none", prior_gate=gate, prior_radius=1, prior_flow=False, max_size=128)
+        session = VideoSession(tiny_model, config)
+        session.step(frame, mask)
+        queried = []
+        import engine.propagation as propagation
+
+        real = propagation.knn_probabilities
+        propagation.knn_probabilities = lambda query, *a, real=real, seen=queried: (
+            seen.append(len(query)) or real(query, *a)
+        )
+        try:
+            session.step(frame)
+        finally:
+            propagation.knn_probabilities = real
+        results[gate] = (queried[0], session.propagator._previous)
+    (all_cells, ungated), (some_cells, gated) = results[False], results[True]
+    assert all_cells == 16 * 16 and some_cells < 16 * 16 // 4  # only cells near the object's last place
+    assert torch.all(gated[0, 8:, 8:] == 1.0)  # out of reach: background
+    near = gated[1] > 0
+    assert near.any() and torch.allclose(gated[:, near], ungated[:, near])  # within reach: as without the gate
