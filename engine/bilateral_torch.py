@@ -171,6 +171,8 @@ class TorchBilateralGrid:
         ref = _as_reference(reference, None if device is None else torch.device(device))
         self.device = ref.device
         self.params = params
+        # Stop the PCG with a host check once it has converged: free on the CPU, a synchronisation elsewhere.
+        self.early_exit = self.device.type == "cpu"
         self.shape: tuple[int, int] = (ref.shape[0], ref.shape[1])
         self.work_shape = _working_size(*self.shape, params.max_side)
         h, w = self.work_shape
@@ -293,7 +295,7 @@ class TorchBilateralGrid:
         dropped by ``_CG_TOL`` the steps are zero (a device-side flag, no host synchronisation);
         on the CPU the loop also stops there.
         """
-        check = self.device.type == "cpu"
+        check = self.early_exit
         inv_diag = 1.0 / (self._smooth_diag + c_splat).clamp_min(_EPS)
         x = x.clone()
         r = b - self._apply(x, c_splat)
@@ -303,9 +305,11 @@ class TorchBilateralGrid:
         stop = (_CG_TOL**2) * (b * (b * inv_diag)).sum(dim=1)
         zero = torch.zeros_like(rz)
         done = torch.zeros((), dtype=torch.bool, device=x.device)
-        for _ in range(self.params.iterations):
+        self.cg_iterations = self.params.iterations  # iterations run (with an early exit: until converged)
+        for i in range(self.params.iterations):
             done = done | (rz <= stop).all()
             if check and bool(done):
+                self.cg_iterations = i
                 break
             ap = self._apply(p, c_splat)
             pap = (p * ap).sum(dim=1)
@@ -315,7 +319,7 @@ class TorchBilateralGrid:
             r -= ap * alpha
             z = r * inv_diag
             rz_new = (r * z).sum(dim=1)
-            beta = torch.where(rz > 0, rz_new / rz, zero)[:, None]
+            beta = torch.where((rz > 0) & ~done, rz_new / rz, zero)[:, None]  # once done, p = z stays bounded
             p = p * beta + z
             rz = rz_new
         return x
