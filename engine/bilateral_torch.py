@@ -101,11 +101,13 @@ def _resize_area(stack: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     iy, wy = _area_taps(height, h, stack.device)
     # cv2's float32 arithmetic in cv2's order (columns, then rows, taps in source order), so that
     # the rounded uint8 reference matches it also where the exact average is a tie at .5.
-    # gather / index_select rather than advanced indexing: many times faster on a CPU.
-    taps = torch.gather(stack, 2, ix.flatten().expand(k, height, -1)).view(k, height, w, -1)
-    rows = taps[..., 0] * wx[:, 0]
-    for t in range(1, taps.shape[-1]):
-        rows = rows + taps[..., t] * wx[:, t]  # (K, H, w)
+    # gather / index_select rather than advanced indexing: many times faster on a CPU. Taps are
+    # gathered tap-major, (T, w), so that each tap's slice is contiguous.
+    taps = torch.gather(stack, 2, ix.T.flatten().expand(k, height, -1)).view(k, height, -1, w)
+    wx = wx.T
+    rows = taps[:, :, 0] * wx[0]
+    for t in range(1, taps.shape[2]):
+        rows = rows + taps[:, :, t] * wx[t]  # (K, H, w)
     taps = rows.index_select(1, iy.flatten()).view(k, h, -1, w)
     out = wy[:, 0, None] * taps[:, :, 0]
     for t in range(1, taps.shape[2]):
@@ -236,6 +238,7 @@ class TorchBilateralGrid:
         renumber[self._linked] = torch.arange(nl, device=self.device)
         sub = self.neighbours.index_select(1, self._linked)
         self._nbr = renumber.index_select(0, sub.flatten())  # (10 · V',) flat neighbour table, nl where absent
+        self._flat_nbr: dict[int, torch.Tensor] = {}  # per channel count, see _apply
         # Off-diagonal -λ n_i n_j (0 at absent slots), the numpy solver's float64 products cast to float32.
         n_j = F.pad(n, (0, 1)).index_select(0, sub.flatten()).view(sub.shape)
         self._weights = (-lam * n[self._linked] * n_j).to(torch.float32)
@@ -285,7 +288,13 @@ class TorchBilateralGrid:
 
     def _apply(self, v: torch.Tensor, c_splat: torch.Tensor) -> torch.Tensor:
         """A v for (K, V') channels over the linked vertices, A_k = λ (D_m̂ - D_n B D_n) + diag(c_k)."""
-        neighbours = F.pad(v, (0, 1)).index_select(1, self._nbr).view(v.shape[0], *self._weights.shape)
+        k = v.shape[0]
+        if k not in self._flat_nbr:
+            # Channel k's neighbours at k (V' + 1) in the flattened padded (K, V' + 1) values: one 1-D
+            # index_select, several times faster on a CPU than one along dimension 1.
+            offsets = torch.arange(k, device=v.device)[:, None] * (v.shape[1] + 1)
+            self._flat_nbr[k] = (self._nbr + offsets).flatten()
+        neighbours = F.pad(v, (0, 1)).flatten().index_select(0, self._flat_nbr[k]).view(k, *self._weights.shape)
         return (self._smooth_diag + c_splat) * v + (neighbours * self._weights).sum(dim=1)
 
     def _pcg(self, b: torch.Tensor, c_splat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
