@@ -107,6 +107,41 @@ def _resize(stack: np.ndarray, size: tuple[int, int], interpolation: int) -> np.
     return out
 
 
+def check_reference(shape: tuple[int, ...], is_uint8: bool, dtype: object) -> None:
+    """Raise unless a reference frame of this shape and dtype is a non-empty (H, W, 3) uint8 image."""
+    if len(shape) != 3 or shape[2] != 3:
+        raise VosError(f"The bilateral solver reference must be an (H, W, 3) RGB image, got shape {tuple(shape)}.")
+    if not is_uint8:
+        raise VosError(f"The bilateral solver reference must be uint8, got {dtype}.")
+    if shape[0] == 0 or shape[1] == 0:
+        raise VosError(f"The bilateral solver reference is empty, shape {tuple(shape)}.")
+
+
+def check_solve_shapes(shape: tuple[int, int], targets: tuple[int, ...], confidence: tuple[int, ...]) -> None:
+    """Raise unless (K, H, W) or (H, W) targets and their confidence fit a grid built at (H, W) ``shape``."""
+    shape, targets, confidence = tuple(shape), tuple(targets), tuple(confidence)
+    single = len(targets) == 2
+    stack = (1, *targets) if single else targets
+    if len(stack) != 3 or stack[1:] != shape or stack[0] == 0:
+        raise VosError(
+            f"Bilateral solver targets must be (K, H, W) or (H, W) with H, W = {shape}, got shape {targets}."
+        )
+    if confidence not in (shape, (stack[0], *shape)) or (single and len(confidence) != 2):
+        raise VosError(
+            f"Bilateral solver confidence must be (H, W) or (K, H, W) matching targets {targets}, "
+            f"got shape {confidence}."
+        )
+
+
+def check_probabilities(probs: tuple[int, ...], reference: tuple[int, ...] | None) -> None:
+    """Raise unless (K+1, H, W) probabilities have a background, an object and the reference's size."""
+    probs = tuple(probs)
+    if len(probs) != 3 or probs[0] < 2:
+        raise VosError(f"Probabilities must be (K+1, H, W) with a background and at least one object, got {probs}.")
+    if reference is None or tuple(reference[:2]) != probs[1:]:
+        raise VosError(f"The reference frame {reference} and the probabilities {probs} differ in size.")
+
+
 def _argsort_keys(keys: np.ndarray, key_range: int) -> np.ndarray:
     """Stable argsort of non-negative int64 ``keys`` < ``key_range``, as LSD radix passes of 16 bits.
 
@@ -136,13 +171,10 @@ class BilateralGrid:
 
     def __init__(self, reference: np.ndarray, params: BilateralParams) -> None:
         """Build the grid of a (H, W, 3) uint8 RGB reference frame."""
-        if not isinstance(reference, np.ndarray) or reference.ndim != 3 or reference.shape[2] != 3:
+        if not isinstance(reference, np.ndarray):
             shape = getattr(reference, "shape", None)
             raise VosError(f"The bilateral solver reference must be an (H, W, 3) RGB image, got shape {shape}.")
-        if reference.dtype != np.uint8:
-            raise VosError(f"The bilateral solver reference must be uint8, got {reference.dtype}.")
-        if reference.shape[0] == 0 or reference.shape[1] == 0:
-            raise VosError(f"The bilateral solver reference is empty, shape {reference.shape}.")
+        check_reference(reference.shape, reference.dtype == np.uint8, reference.dtype)
         self.params = params
         self.shape: tuple[int, int] = (reference.shape[0], reference.shape[1])
         self.work_shape = _working_size(*self.shape, params.max_side)
@@ -281,19 +313,10 @@ class BilateralGrid:
         """
         targets = np.asarray(targets)
         confidence = np.asarray(confidence)
+        check_solve_shapes(self.shape, targets.shape, confidence.shape)
         single = targets.ndim == 2
         stack = targets[None] if single else targets
-        if stack.ndim != 3 or stack.shape[1:] != self.shape or stack.shape[0] == 0:
-            raise VosError(
-                f"Bilateral solver targets must be (K, H, W) or (H, W) with H, W = {self.shape}, "
-                f"got shape {targets.shape}."
-            )
         k = stack.shape[0]
-        if confidence.shape not in (self.shape, (k, *self.shape)) or (single and confidence.ndim != 2):
-            raise VosError(
-                f"Bilateral solver confidence must be (H, W) or (K, H, W) matching targets {targets.shape}, "
-                f"got shape {confidence.shape}."
-            )
         conf = confidence[None] if confidence.ndim == 2 else confidence
 
         size = self.work_shape
@@ -368,15 +391,7 @@ def refine_probabilities(
         (K+1, H, W) float32 probabilities.
     """
     probs = np.asarray(probs)
-    if probs.ndim != 3 or probs.shape[0] < 2:
-        raise VosError(
-            f"Probabilities must be (K+1, H, W) with a background and at least one object, got {probs.shape}."
-        )
-    if getattr(reference, "shape", None) is None or reference.shape[:2] != probs.shape[1:]:
-        raise VosError(
-            f"The reference frame {getattr(reference, 'shape', None)} and the probabilities {probs.shape} "
-            "differ in size."
-        )
+    check_probabilities(probs.shape, getattr(reference, "shape", None))
     refined = BilateralGrid(reference, params).solve(probs, confidence)
     np.clip(refined, 0.0, 1.0, out=refined)
     total = refined.sum(axis=0, keepdims=True)
