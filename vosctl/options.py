@@ -16,6 +16,12 @@ class Refine(str, Enum):
     none = "none"
 
 
+class AnnotationChoice(str, Enum):
+    auto = "auto"
+    all = "all"
+    first = "first"
+
+
 class Preset(str, Enum):
     fast = "fast"
     balanced = "balanced"

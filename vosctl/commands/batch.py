@@ -24,6 +24,7 @@ from engine.session import session_config_for
 from vosctl.batch_run import parse_shard, run_batch, torchrun_rank
 from vosctl.console import console, out, reported_errors
 from vosctl.options import (
+    AnnotationChoice,
     BatchOption,
     DebugOption,
     DeviceOption,
@@ -56,13 +57,13 @@ def batch(
         str | None, typer.Option("--shard", help="I/N: take every N-th video from the I-th (0-based).")
     ] = None,
     annotations: Annotated[
-        str,
+        AnnotationChoice,
         typer.Option(
             "--annotations",
             help="auto: a layout annotated on every frame (ground truth) gives only its first mask, else all; "
             "all; first.",
         ),
-    ] = "auto",
+    ] = AnnotationChoice.auto,
     model: ModelOption = None,
     device: DeviceOption = "auto",
     max_size: MaxSizeOption = None,
@@ -147,7 +148,7 @@ def batch(
                 resume=resume,
                 overwrite=overwrite,
                 shard=parts,
-                annotations=annotations,
+                annotations=annotations.value,
                 batch=batch_size or default_batch(torch_device),
                 on_share=on_share,
                 on_video=on_video,
