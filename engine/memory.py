@@ -2,7 +2,8 @@
 
 - :class:`ObjectRegistry`: the user's object ids <-> tensor slots (slot 0 is background).
 - :class:`PixelSet`: embeddings, coordinates and labels of a set of pixels.
-- :class:`ReferenceBank`: every pixel of the annotated frame(s); permanent.
+- :class:`ReferenceBank`: every pixel of the annotated frames; bounded by frames, never by the
+  online memory's eviction (see the class).
 - :class:`OnlineMemory`: confidently labelled pixels of later frames; bounded, oldest frame first
   out. It never holds annotated pixels, so eviction can never remove them.
 """
@@ -69,22 +70,41 @@ class PixelSet:
 
 
 class ReferenceBank:
-    """Pixels of annotated frames with their given labels; never evicted."""
+    """Pixels of annotated frames with their given labels.
 
-    def __init__(self) -> None:
-        self._parts: list[PixelSet] = []
+    Bounded by frames, not by eviction of pixels: a frame that introduced an object (the first
+    annotation, and every later one with an object id not seen before) stays for the whole video,
+    so no object ever loses its own reference; of the other annotated frames (corrections of
+    objects already tracked) only the ``recent`` latest stay, older corrections leave first. The
+    bank so holds at most (objects + ``recent``) frames however many frames are annotated.
+    """
+
+    def __init__(self, recent: int = 4) -> None:
+        if recent < 0:
+            raise VosError("The number of recent reference frames must be zero or more.")
+        self._permanent: list[PixelSet] = []
+        self._recent: deque[PixelSet] = deque(maxlen=recent)
         self._cache: PixelSet | None = None
 
-    def add(self, pixels: PixelSet) -> None:
-        self._parts.append(pixels)
+    def add(self, pixels: PixelSet, *, permanent: bool = True) -> None:
+        """``permanent``: the frame introduced an object (kept); else it is a correction (one of the recent)."""
+        if permanent:
+            self._permanent.append(pixels)
+        else:
+            self._recent.append(pixels)
         self._cache = None
 
+    @property
+    def frames(self) -> int:
+        return len(self._permanent) + len(self._recent)
+
     def __len__(self) -> int:
-        return sum(len(p) for p in self._parts)
+        return sum(len(p) for p in (*self._permanent, *self._recent))
 
     def pixels(self) -> PixelSet | None:
-        if self._cache is None and self._parts:
-            self._cache = PixelSet.concat(self._parts)
+        parts = [*self._permanent, *self._recent]
+        if self._cache is None and parts:
+            self._cache = PixelSet.concat(parts) if len(parts) > 1 else parts[0]
         return self._cache
 
 
@@ -113,6 +133,11 @@ class OnlineMemory:
         self._size += len(pixels)
         while self._size > self.capacity:
             self._size -= len(self._frames.popleft())
+        self._cache = None
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._size = 0
         self._cache = None
 
     def pixels(self) -> PixelSet | None:

@@ -39,26 +39,46 @@ class Propagator:
 
     # ---- annotated frames ----------------------------------------------------------------------
     def reference(self, pixels: PixelSet, mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
-        """Add an annotated frame ((H, W) uint8 user ids) to the bank -> (K + 1, H, W) its one-hot mask."""
+        """Add an annotated frame ((H, W) uint8 user ids) to the bank -> (K + 1, H, W) its one-hot mask.
+
+        Ids not seen before become new objects (a slot each, from this frame on); the frame stays
+        in the bank for good when it introduced one, else it is one of the bank's recent corrections.
+        A mask after the first empties the online memory, which then refills from this frame on.
+        """
         ids = [int(i) for i in np.unique(mask) if i != 0]
         if not ids:
             raise VosError("The mask has no object pixels: mark at least one object.")
+        introduces = any(i not in self.registry.ids for i in ids)
         self.registry.register(ids)
         slots = torch.from_numpy(self.registry.to_slots(mask))
         given = F.one_hot(slots, self.registry.num_slots).permute(2, 0, 1).float()  # (K + 1, H, W)
         fractions = F.adaptive_avg_pool2d(given[None].to(self.device), grid)[0]
         labels = fractions.reshape(self.registry.num_slots, -1).argmax(0)
         for slot in range(1, self.registry.num_slots):
-            if not (labels == slot).any():  # an object thinner than a cell: keep its best cell
+            if fractions[slot].amax() > 0 and not (labels == slot).any():  # thinner than a cell: its best cell
                 labels[fractions[slot].reshape(-1).argmax()] = slot
         pixels = self._project(pixels, fit=True)
-        self.bank.add(PixelSet(pixels.keys, pixels.coords, labels))
+        if self.started:
+            # The memory's pixels were labelled before this mask was known: where the mask corrects
+            # a drift, or names an object the memory took for background, they would outvote it.
+            self.memory.clear()
+        self.bank.add(PixelSet(pixels.keys, pixels.coords, labels), permanent=introduces)
         self._previous = fractions
         return given
 
+    @property
+    def started(self) -> bool:
+        """Whether a reference has been given (frames can be propagated)."""
+        return len(self.bank) > 0
+
     # ---- key frames ----------------------------------------------------------------------------
-    def propagate(self, pixels: PixelSet, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor:
-        """A key frame's pixels -> (K + 1, gh, gw) probabilities from the bank, the memory and the prior."""
+    def propagate(
+        self, pixels: PixelSet, grid: tuple[int, int], flow: torch.Tensor | None, *, remember: bool = True
+    ) -> torch.Tensor:
+        """A key frame's pixels -> (K + 1, gh, gw) probabilities from the bank, the memory and the prior.
+
+        ``remember=False`` keeps this frame's pixels out of the online memory (a frame about to be
+        given a mask: its prediction is what the mask corrects)."""
         pixels = self._project(pixels)
         reach = self._reach(grid, flow)  # (M, K) or None
         num_slots = self.registry.num_slots
@@ -77,7 +97,7 @@ class Propagator:
                 query = PixelSet(pixels.keys[region], pixels.coords[region], pixels.labels)
                 probs[region], _ = knn_probabilities(query, self._bank(), num_slots, self.config.retrieval)
         probs = self._apply_prior(probs, reach)
-        if self.config.online:
+        if self.config.online and remember:
             self._remember(pixels, probs, region)
         grid_probs = probs.T.reshape(num_slots, *grid).float()
         self._previous = grid_probs
@@ -112,12 +132,14 @@ class Propagator:
     def _reach(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
         """(gh * gw, K) in [0, 1]: how near each object was in the previous frame, moved along the
         flow and widened by ``prior_radius``; 1 everywhere for an object that was lost. None when
-        there is no prior (first frame, prior off, or the objects changed)."""
+        there is no prior (first frame, prior off). An object registered after the previous frame
+        has no prior yet: its channel is padded with zeros, which reads as lost (reach 1)."""
         previous = self._previous
-        if previous is None or self.config.prior_floor >= 1.0 or previous.shape[0] != self.registry.num_slots:
+        if previous is None or self.config.prior_floor >= 1.0 or previous.shape[1:] != grid:
             return None
-        if previous.shape[1:] != grid:
-            return None
+        missing = self.registry.num_slots - previous.shape[0]
+        if missing > 0:
+            previous = torch.cat([previous, previous.new_zeros(missing, *grid)])
         if flow is not None:
             previous = warp_back(previous, flow)
         r = self.config.prior_radius

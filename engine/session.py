@@ -21,7 +21,7 @@ from engine.config import ALIGN, REFINERS, SessionConfig, preset_settings
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
-from engine.objects import object_ids
+from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
 
 __all__ = [
@@ -114,6 +114,14 @@ class VideoSession:
 
         Returns probabilities (K + 1, H, W) float32 on the CPU: background, then one channel per
         object in registry order. A frame with a mask returns that mask as probabilities.
+
+        A mask may come on any frame. The first one starts the video. On a later frame, an id not
+        seen before is a new object from that frame on (absent before it, the YouTube-VOS
+        protocol); the ids it holds replace their prediction on that frame while the objects it
+        does not mention keep theirs (engine.objects.merge_annotation); that merged mask is
+        returned and joins the reference bank beside the earlier annotations (engine.memory.ReferenceBank
+        says how the bank stays bounded). To segment backwards from an annotated frame, give a
+        new session the frames in reverse order, the annotated one first.
         """
         return self.step_batch([frame], [mask])[0]
 
@@ -149,6 +157,9 @@ class VideoSession:
             flow = self.propagator.motion(smalls[i], grid)
             start = self.record_time("flow", start)
             if mask is not None:
+                if self.propagator.started:
+                    mask = self._merge_with_prediction(frame, embedded[i], mask, grid, flow)
+                    start = self.record_time("retrieve", start)
                 results.append(self.propagator.reference(embedded[i], mask.astype(np.uint8), grid))
                 self.frame_index += 1
                 continue
@@ -165,6 +176,16 @@ class VideoSession:
             start = time.perf_counter()
             self.frame_index += 1
         return results
+
+    def _merge_with_prediction(
+        self, frame: np.ndarray, pixels, mask: np.ndarray, grid: tuple[int, int], flow: torch.Tensor | None
+    ) -> np.ndarray:
+        """A mask on a frame after the first: the objects it holds replace their prediction there,
+        the others keep theirs (engine.objects.merge_annotation) -> (H, W) uint8 ids."""
+        coarse = self.propagator.propagate(pixels, grid, flow, remember=False)
+        full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
+        predicted = self.to_ids(self.refine(frame, full.float().cpu()))
+        return merge_annotation(predicted, mask)
 
     def _key_frames(self, masks: Sequence[np.ndarray | None]) -> list[int]:
         """Positions in this batch of the frames the network sees: annotated frames and every

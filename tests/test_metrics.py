@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.datasets import read_annotation, read_split, sequence_annotations, sequence_frames
 from engine.errors import VosError
 from engine.metrics import (
     boundary_precision_recall,
@@ -27,7 +28,6 @@ from engine.metrics import (
     seg2bmap,
     sequence_stats,
 )
-from vosctl.davis import read_annotation, read_split, sequence_annotations, sequence_frames
 from vosctl.evaluate import SequenceScorer, score_results, score_sequence, summary_table, write_report
 
 DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis2016-train"

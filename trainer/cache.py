@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from engine.datasets import read_annotation
 from engine.embedder import processing_size
 from engine.errors import VosError
 from engine.factory import atomic_save
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from trainer.data import IGNORE, Sequence, _remap_ids
-from vosctl.davis import read_annotation
 
 
 def grid_labels(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:

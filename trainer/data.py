@@ -26,11 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from engine.datasets import RESOLUTION, frame_numbers, read_annotation
 from engine.errors import VosError
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON
-from vosctl.davis import read_annotation
 
-RESOLUTION = "480p"
 IGNORE = -1  # label of padding and of DAVIS 2017's "void" (255) pixels
 VOID_ID = 255
 # Crops whose anchor frame shows a single label teach nothing; redraw a few times.
@@ -45,15 +44,6 @@ class Sequence:
     frames: tuple[Path, ...]
     masks: tuple[Path, ...]
     numbers: tuple[int, ...]  # each frame's number in the video: what the training times count
-
-
-def frame_numbers(frames: tuple[Path, ...]) -> tuple[int, ...]:
-    """The frames' numbers in the video: their names (00000, 00005, ...) when all are numbers, so a
-    folder that keeps every n-th frame still gives the true time gaps; else their positions."""
-    stems = [p.stem for p in frames]
-    if all(stem.isdigit() for stem in stems):
-        return tuple(int(stem) for stem in stems)
-    return tuple(range(len(stems)))
 
 
 def list_sequences(root: Path) -> list[str]:

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.datasets import read_annotation
 from engine.metrics import f_measure, jaccard
 from engine.model import EmbeddingModel
 from engine.session import SessionConfig, segment_video
 from trainer.data import VOID_ID, Sequence, load_sequence
-from vosctl.davis import read_annotation
 
 
 def _frames(seq: Sequence) -> Iterator[np.ndarray]:

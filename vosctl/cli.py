@@ -8,6 +8,7 @@ configure_threads()  # before torch loads, which the commands import
 
 import typer  # noqa: E402
 
+from vosctl.commands.batch import batch  # noqa: E402
 from vosctl.commands.eval import eval_app  # noqa: E402
 from vosctl.commands.segment import segment  # noqa: E402
 from vosctl.commands.train import train  # noqa: E402
@@ -20,10 +21,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("segment")(segment)
+app.command("batch")(batch)
 app.add_typer(eval_app, name="eval")
 app.command("train")(train)
 
 
 @app.callback()
 def main() -> None:
-    """Segment videos (`segment`), score on DAVIS (`eval`), train the embedding (`train`)."""
+    """Segment videos (`segment`, `batch` for whole folders), score on DAVIS (`eval`), train the embedding (`train`)."""

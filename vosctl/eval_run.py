@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from engine.datasets import read_annotation, read_split, sequence_annotations, sequence_frames
 from engine.devices import default_batch, resolve_device
 from engine.errors import VosError
 from engine.factory import build_model, default_model_spec
 from engine.session import SessionConfig, VideoSession, session_config_for
-from vosctl.davis import read_annotation, read_split, sequence_annotations, sequence_frames
 from vosctl.evaluate import SequenceScorer, make_summary
 from vosctl.masks import write_palette_png
 from vosctl.palette import davis_palette

@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 from rich.table import Table
 
+from engine.datasets import read_annotation, read_split, sequence_annotations
 from engine.errors import VosError
 from engine.files import write_atomic
 from engine.metrics import BOUND_TH, STAT_KEYS, dataset_summary, f_measure, jaccard, sequence_stats
-from vosctl.davis import read_annotation, read_split, sequence_annotations
 
 SEQUENCE_KEYS = (*STAT_KEYS, "JF_mean")
 

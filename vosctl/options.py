@@ -8,10 +8,18 @@ from typing import Annotated
 
 import typer
 
+from vosctl.annotations import Direction
+
 
 class Refine(str, Enum):
     bilateral = "bilateral"
     none = "none"
+
+
+class AnnotationChoice(str, Enum):
+    auto = "auto"
+    all = "all"
+    first = "first"
 
 
 class Preset(str, Enum):
@@ -20,6 +28,14 @@ class Preset(str, Enum):
     accurate = "accurate"
 
 
+DirectionOption = Annotated[
+    Direction | None,
+    typer.Option(
+        "--direction",
+        help="forward: from the first mask to the end; backward: from the last mask to frame 0; both (default): "
+        "forward from the first mask and backward from it to frame 0. Frames no pass reaches are background.",
+    ),
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(

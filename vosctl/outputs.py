@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def _missing_parents(output: Output) -> list[Path]:
 def plan_outputs(
     *,
     video: Path,
-    mask: Path,
+    mask: Path | Sequence[Path],
     output: Path | None,
     overlay: bool,
     masks_dir: Path | None,
@@ -136,7 +137,10 @@ def plan_outputs(
     )
     if not plan.outputs:
         raise VosError("Nothing to write: ask for an overlay video, --masks-dir or --mask-video.")
-    inputs = {"the input video": Path(video).resolve(), "the mask": Path(mask).resolve()}
+    masks = [Path(mask)] if isinstance(mask, (str, Path)) else [Path(m) for m in mask]
+    inputs = {"the input video": Path(video).resolve()}
+    for path in masks:
+        inputs.setdefault("the mask" if len(masks) == 1 else f"the mask {path}", path.resolve())
     for out in plan.outputs:
         for what, path in inputs.items():
             if out.final == path:

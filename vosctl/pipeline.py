@@ -4,20 +4,27 @@ Three threads: decoding runs ahead (vosctl.streams.Prefetch), the engine embeds 
 a time and propagates them in order, and refinement and encoding run behind it
 (vosctl.streams.Worker), so that the CPU's other core or the GPU's host side is not left idle.
 Outputs are written in decode order; both queues are bounded.
+
+Masks may be given on any frames (vosctl.annotations). Frames before the pass's start are kept in a
+temporary store as they are decoded, segmented backwards from the start (vosctl.backward) and
+written out before it, so the video is decoded once and memory stays flat in its length.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine.session import SessionConfig, VideoSession
+from vosctl.annotations import Direction
+from vosctl.backward import FrameStore, run_backward
 from vosctl.encode import VideoWriter
-from vosctl.masks import fit_mask, write_palette_png
+from vosctl.masks import write_palette_png
 from vosctl.outputs import AtomicOutputs, default_output
 from vosctl.palette import colourise, draw_overlay
 from vosctl.preflight import check_segment
@@ -44,7 +51,10 @@ __all__ = ["SegmentResult", "default_output", "segment_file"]
 def segment_file(
     *,
     video: Path,
-    mask: Path,
+    mask: Path | None = None,
+    masks: Sequence[str | Path] = (),
+    masks_in: Path | None = None,
+    direction: Direction | str | None = None,
     model: torch.nn.Module,
     config: SessionConfig,
     device: str | torch.device,
@@ -60,7 +70,9 @@ def segment_file(
     overlay_preset: str | None = None,
     encode_thread: bool = True,
 ) -> SegmentResult:
-    """Segment ``video`` given the first frame's ``mask``; write the requested outputs atomically.
+    """Segment ``video`` given frame 0's ``mask`` and/or ``masks`` (``PATH`` or ``N=PATH``) and a
+    ``masks_in`` folder; write the requested outputs atomically. ``direction`` (default both, when
+    the first mask is not on frame 0): see :func:`vosctl.annotations.plan_passes`.
 
     Inputs and outputs are checked first (:func:`vosctl.preflight.check_segment`): nothing is
     written for a run that cannot succeed, and no output may replace a file vosctl did not write.
@@ -69,6 +81,9 @@ def segment_file(
     checked = check_segment(
         video=video,
         mask=mask,
+        masks=masks,
+        masks_in=masks_in,
+        direction=direction,
         output=output,
         overlay=overlay,
         masks_dir=masks_dir,
@@ -76,30 +91,34 @@ def segment_file(
         overwrite=overwrite,
         fps=fps,
     )
-    first_mask, plan = checked.mask, checked.plan
+    annotations, passes, plan = checked.annotations, checked.passes, checked.plan
     output, mask_video, masks_dir = (o.path if o is not None else None for o in plan.outputs_by_kind())
-    result = SegmentResult(notes=list(first_mask.notes))
+    result = SegmentResult(notes=list(annotations.notes))
     outputs = AtomicOutputs(plan)
     writers: list[VideoWriter] = []
     start = time.perf_counter()
-    decoded = worker = None
+    decoded = worker = store = None
     try:
         outputs.start()
         with open_source(video, fps=fps) as source:
             if on_start is not None:
                 on_start(source.frame_count)
             session = VideoSession(model, config, device=device)
-            palette = first_mask.palette
+            palette = annotations.palette
             overlay_writer = mask_writer = None
             masks_tmp = outputs.folder(masks_dir) if masks_dir is not None else None
 
-            def write(item: Frame | AudioPacket, probs: torch.Tensor | None = None, given: bool = False) -> None:
-                """On the encode thread, in decode order: refine (not a given mask), then every output."""
+            def write(
+                item: Frame | AudioPacket, probs: torch.Tensor | None = None, given: bool = False, ids=None
+            ) -> None:
+                """On the encode thread, in decode order: refine (not a given mask), then every output.
+                ``ids`` instead of ``probs``: a frame segmented already (backwards) or by no pass."""
                 if isinstance(item, AudioPacket):
                     if overlay_writer is not None:
                         overlay_writer.write_audio(item.packet)
                     return
-                ids = session.to_ids(probs if given else session.refine(item.image, probs))
+                if ids is None:
+                    ids = session.to_ids(probs if given else session.refine(item.image, probs))
                 encode_start = time.perf_counter()
                 if overlay_writer is not None:
                     overlay_writer.write(draw_overlay(item.image, ids, palette), item.pts)
@@ -112,13 +131,32 @@ def segment_file(
                 if on_frame is not None:
                     on_frame(item.index + 1)
 
+            forward_masks = annotations.ids(passes.forward_masks)
+
             def flush(pending: list[Frame]) -> None:
-                masks = [first_mask.ids if item.index == 0 else None for item in pending]
-                probs = session.step_batch([item.image for item in pending], masks, refine=False)
-                for item, p, mask in zip(pending, probs, masks, strict=True):
+                given = [forward_masks.get(item.index) for item in pending]
+                probs = session.step_batch([item.image for item in pending], given, refine=False)
+                for item, p, mask in zip(pending, probs, given, strict=True):
                     worker.submit(item, p, mask is not None)
                 pending.clear()
 
+            def backward(start: Frame) -> np.ndarray:
+                """Segment the stored frames from ``start`` down to 0, then hand them to the writer in order."""
+                back = VideoSession(model, config, device=device)
+                start_ids = run_backward(back, store, start, annotations.ids(passes.backward_masks), batch=batch)
+                for stage, seconds in back.timings.items():
+                    session.timings[stage] += seconds
+                for index in range(start.index):
+                    worker.submit(store.frame(index), None, True, store.ids(index))
+                store.close()
+                return start_ids
+
+            def background(item: Frame) -> np.ndarray:
+                return np.zeros(item.image.shape[:2], np.uint8)
+
+            if passes.backward_from is not None:
+                store = FrameStore()
+            frames_seen = 0
             decoded = Prefetch(source.items(), size=max(8, 2 * batch))
             worker = Worker(write, size=max(4, batch), inline=not encode_thread)
             early_audio: list[AudioPacket] = []  # audio that arrives before the first frame is decoded
@@ -134,8 +172,9 @@ def segment_file(
                 if not started:
                     started = True
                     height, width = item.image.shape[:2]
-                    first_mask = fit_mask(first_mask, height, width, rotation=item.rotation)
-                    result.notes = list(first_mask.notes)
+                    annotations = annotations.fitted(height, width, rotation=item.rotation)
+                    forward_masks = annotations.ids(passes.forward_masks)
+                    result.notes = list(annotations.notes)
                     if output is not None:
                         overlay_writer = VideoWriter(
                             outputs.file(output),
@@ -162,11 +201,24 @@ def segment_file(
                             lossless=True,
                         )
                         writers.append(mask_writer)
-                pending.append(item)
-                if len(pending) >= batch:
-                    flush(pending)
+                frames_seen += 1
+                back_from, forward_from = passes.backward_from, passes.forward_from
+                if back_from is not None and item.index < back_from:
+                    store.put(item)
+                    continue
+                start_ids = backward(item) if back_from is not None and item.index == back_from else None
+                if forward_from is not None and item.index >= forward_from:
+                    pending.append(item)
+                    if len(pending) >= batch:
+                        flush(pending)
+                elif start_ids is not None:
+                    worker.submit(item, None, True, start_ids)
+                else:  # no pass reaches this frame (--direction forward or backward)
+                    worker.submit(item, None, True, background(item))
             if pending:
                 flush(pending)
+            # A mask for a frame beyond the end: known only now when the container did not count its frames.
+            annotations.check_length(frames_seen)
             worker.finish()
         for writer in writers:
             writer.close()
@@ -184,6 +236,8 @@ def segment_file(
     finally:
         if decoded is not None:
             decoded.close()
+        if store is not None:
+            store.close()
     result.seconds = time.perf_counter() - start
     result.outputs = [p for p in (output, mask_video, masks_dir) if p is not None]
     result.stage_seconds = dict(session.timings)

@@ -15,9 +15,10 @@ import av
 import cv2
 import numpy as np
 
+from engine.datasets import FRAME_SUFFIXES
 from engine.errors import VosError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+IMAGE_SUFFIXES = FRAME_SUFFIXES  # one list of frame suffixes, shared with the dataset reader
 
 
 @dataclass

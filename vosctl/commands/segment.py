@@ -25,6 +25,7 @@ from vosctl.options import (
     BatchOption,
     DebugOption,
     DeviceOption,
+    DirectionOption,
     FullPrecisionOption,
     KOption,
     MaxSizeOption,
@@ -41,7 +42,24 @@ from vosctl.preflight import check_segment
 
 def segment(
     video: Annotated[Path, typer.Argument(help="Input video file, or a folder of JPEG/PNG frames.")],
-    mask: Annotated[Path, typer.Option("--mask", help="First-frame mask: binary, palette or colour PNG.")],
+    mask: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mask",
+            help="A mask: PATH for frame 0, N=PATH for frame N (0-based, decode order); may be given several "
+            "times. Binary, palette or colour PNG. A later mask adds the objects it holds from that frame on "
+            "and corrects those already tracked.",
+        ),
+    ] = None,
+    masks_in: Annotated[
+        Path | None,
+        typer.Option(
+            "--masks-in",
+            help="A folder of sparse annotations: each PNG is the mask of the frame numbered by the last digits "
+            "of its name (00045.png, frame_000045.png), 0-based in decode order.",
+        ),
+    ] = None,
+    direction: DirectionOption = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Overlay video (default: <stem>.vos.mp4).")
     ] = None,
@@ -64,13 +82,14 @@ def segment(
     batch: BatchOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Segment the object(s) of the first-frame mask in every frame of VIDEO."""
+    """Segment the object(s) of the masks in every frame of VIDEO (frames before the first mask backwards)."""
     with reported_errors(debug):
         if threads is not None:
             torch.set_num_threads(threads)
         # Bad arguments fail here, in a fraction of a second, not after the model has loaded.
         outputs = {"output": output, "overlay": not no_overlay, "masks_dir": masks_dir, "mask_video": mask_video}
-        check_segment(video=video, mask=mask, **outputs, overwrite=overwrite, fps=fps)
+        given = {"masks": mask or [], "masks_in": masks_in, "direction": direction.value if direction else None}
+        check_segment(video=video, **given, **outputs, overwrite=overwrite, fps=fps)
         torch_device = resolve_device(device)
         net = build_model(model, torch_device)
         config = session_config_for(
@@ -107,7 +126,7 @@ def segment(
         try:
             result = segment_file(
                 video=video,
-                mask=mask,
+                **given,
                 model=net,
                 config=config,
                 device=torch_device,
