@@ -17,12 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.bilateral import BilateralRefiner
 from engine.config import ALIGN, REFINERS, SessionConfig, preset_settings
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
+from engine.refiners import make_refiner
 
 __all__ = [
     "ALIGN",
@@ -58,11 +60,9 @@ class VideoSession:
             model, max_size=self.config.max_size, device=self.device, half=self.config.half, runtime=self.config.runtime
         )
         self.propagator = Propagator(self.config, self.device)
-        self.refiner = refiner
-        if self.config.refine == "bilateral" and refiner is None:
-            from engine.bilateral import BilateralRefiner
-
-            self.refiner = BilateralRefiner()
+        # On a GPU the refiner solves on the device (engine.refiners), so probabilities reach the
+        # host once, as the ids the outputs need.
+        self.refiner = refiner if refiner is not None else make_refiner(self.config.refine, self.device)
         self.profile = profile
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None
@@ -136,7 +136,8 @@ class VideoSession:
         """:meth:`step` for consecutive frames: the key frames among them are embedded in one batch,
         then each frame is propagated in order. The results equal those of :meth:`step` frame by
         frame up to the rounding of the network's batched arithmetic. ``refine=False`` leaves the
-        refinement to the caller (:meth:`refine`, thread-safe), for example on another thread; a frame
+        refinement to the caller (:meth:`refine`, thread-safe), for example on another thread, and the
+        probabilities on the refiner's device (the GPU with the torch solver); a frame
         given a mask returns that mask and is not refined. A 0/255 mask is object 1
         (engine.objects.object_ids), as in the CLI."""
         masks = [object_ids(m) if m is not None else None for m in masks] if masks is not None else [None] * len(frames)
@@ -170,9 +171,9 @@ class VideoSession:
                 coarse = self.propagator.carry(flow)
                 start = self.record_time("carry", start)
             full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
-            full = full.float().cpu()
+            full = self._for_refiner(full.float())
             start = self.record_time("upsample", start)
-            results.append(self.refine(frame, full) if refine else full)
+            results.append(self.refine(frame, full).cpu() if refine else full)
             start = time.perf_counter()
             self.frame_index += 1
         return results
@@ -184,7 +185,7 @@ class VideoSession:
         the others keep theirs (engine.objects.merge_annotation) -> (H, W) uint8 ids."""
         coarse = self.propagator.propagate(pixels, grid, flow, remember=False)
         full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
-        predicted = self.to_ids(self.refine(frame, full.float().cpu()))
+        predicted = self.to_ids(self.refine(frame, self._for_refiner(full.float())))
         return merge_annotation(predicted, mask)
 
     def _key_frames(self, masks: Sequence[np.ndarray | None]) -> list[int]:
@@ -199,6 +200,12 @@ class VideoSession:
                 self._since_key += 1
         return keys
 
+    def _for_refiner(self, probs: torch.Tensor) -> torch.Tensor:
+        """Probabilities where the refiner works: the device for the torch solver, else the CPU."""
+        if self.refiner is None or isinstance(self.refiner, BilateralRefiner):
+            return probs.cpu()
+        return probs
+
     def refine(self, frame: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
         """(K + 1, H, W) probabilities -> refined (the configured refiner; unchanged without one)."""
         if self.refiner is None:
@@ -210,7 +217,7 @@ class VideoSession:
 
     def to_ids(self, probs: torch.Tensor) -> np.ndarray:
         """(K + 1, H, W) probabilities -> (H, W) uint8 mask of user object ids."""
-        return self.registry.to_ids(channel_argmax(probs).numpy())
+        return self.registry.to_ids(channel_argmax(probs).cpu().numpy())
 
 
 def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
