@@ -1,0 +1,37 @@
+"""The CLI's thread policy: idle OpenMP threads sleep, unless the user chose otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from vosctl.threads import configure_threads
+
+
+def test_configure_threads_sets_passive_waiting_and_keeps_a_users_choice(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    configure_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    configure_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_cli_sets_the_policy_before_torch_loads():
+    """OpenMP reads the variable once, when torch loads: it must be set by then."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = """
+import os, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return None
+sys.meta_path.insert(0, Watch())
+import vosctl.cli
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['PASSIVE']"
