@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from engine.factory import build_model  # noqa: E402
 from engine.session import VideoSession, processing_size, session_config_for  # noqa: E402
 from vosctl.masks import fit_mask, read_mask  # noqa: E402
-from vosctl.pipeline import segment_file  # noqa: E402
+from vosctl.pipeline import overlay_preset_for, segment_file  # noqa: E402
 from vosctl.video import Frame, open_source  # noqa: E402
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -142,6 +142,7 @@ def time_vosctl_pipeline(video: Path, mask: Path, max_size: int | None, preset: 
         device=device,
         output=workdir / "overlay.mp4",
         masks_dir=workdir / "masks",
+        overlay_preset=overlay_preset_for(preset),
         overwrite=True,
     )
     return Timing(result.frames, result.seconds, time.process_time() - cpu)

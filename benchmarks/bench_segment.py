@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from engine.devices import cpu_has_native_bf16  # noqa: E402
 from engine.factory import build_model  # noqa: E402
 from engine.session import session_config_for  # noqa: E402
-from vosctl.pipeline import segment_file  # noqa: E402
+from vosctl.pipeline import overlay_preset_for, segment_file  # noqa: E402
 from vosctl.video import Frame, open_source  # noqa: E402
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -81,6 +81,7 @@ def run(args, model, half: bool, load: int) -> tuple[float, dict[str, float], in
                     output=Path(tmp) / f"bench{attempt}.mp4",
                     masks_dir=Path(tmp) / f"masks{attempt}",
                     batch=args.batch,
+                    overlay_preset=overlay_preset_for(args.preset),
                     encode_thread=not args.no_encode_thread,
                 )
                 if best is None or result.seconds < best.seconds:

@@ -45,7 +45,13 @@ class SegmentResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-__all__ = ["SegmentResult", "default_output", "segment_file"]
+__all__ = ["SegmentResult", "default_output", "overlay_preset_for", "segment_file"]
+
+
+def overlay_preset_for(preset: str | None) -> str | None:
+    """x264's speed for the overlay under a session preset: the fast preset trades file size for
+    speed too (ultrafast: 8 instead of 17 ms of CPU a frame at 480p, 3.7x the file size)."""
+    return "ultrafast" if preset == "fast" else None
 
 
 def segment_file(

@@ -36,7 +36,7 @@ from vosctl.options import (
     RefineOption,
     ThreadsOption,
 )
-from vosctl.pipeline import segment_file
+from vosctl.pipeline import overlay_preset_for, segment_file
 from vosctl.preflight import check_segment
 
 
@@ -136,6 +136,7 @@ def segment(
                 on_start=on_start,
                 on_frame=on_frame,
                 batch=batch or default_batch(torch_device),
+                overlay_preset=overlay_preset_for(preset.value if preset is not None else None),
             )
             progress.update(task, total=result.frames, completed=result.frames)
         finally:
