@@ -84,3 +84,24 @@ PresetOption = Annotated[
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]
 PathArgument = Path
+
+
+def session_overrides(
+    *,
+    preset: Preset | None,
+    max_size: int | None,
+    online: bool | None,
+    k: int | None,
+    refine: Refine | None,
+    full_precision: bool,
+) -> dict:
+    """The session settings the shared options ask for (None: the model's own), preset included:
+    the keywords of :func:`engine.session.session_config_for`."""
+    return {
+        "preset": preset.value if preset is not None else None,
+        "max_size": max_size,
+        "online": online,
+        "k": k,
+        "refine": refine.value if refine is not None else None,
+        "half": False if full_precision else None,
+    }

@@ -37,6 +37,7 @@ from vosctl.options import (
     PresetOption,
     RefineOption,
     ThreadsOption,
+    session_overrides,
 )
 
 
@@ -96,12 +97,9 @@ def batch(
         net = build_model(model, torch_device)  # once for every video
         config = session_config_for(
             net,
-            preset=preset.value if preset is not None else None,
-            max_size=max_size,
-            online=online,
-            k=k,
-            refine=refine.value if refine is not None else None,
-            half=False if full_precision else None,
+            **session_overrides(
+                preset=preset, max_size=max_size, online=online, k=k, refine=refine, full_precision=full_precision
+            ),
         )
         columns = [
             SpinnerColumn(),

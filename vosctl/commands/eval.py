@@ -29,6 +29,7 @@ from vosctl.options import (
     PresetOption,
     RefineOption,
     ThreadsOption,
+    session_overrides,
 )
 
 eval_app = typer.Typer(help="Benchmarks, scored as the official evaluations.", no_args_is_help=True)
@@ -78,9 +79,9 @@ def davis16(
         if results is not None:
             summary = score_results(data=data, split=split, results=results, nproc=nproc)
         else:
-            overrides = dict(max_size=max_size, online=online, k=k, refine=refine.value if refine else None)
-            overrides["half"] = False if full_precision else None
-            overrides["preset"] = preset.value if preset is not None else None
+            overrides = session_overrides(
+                preset=preset, max_size=max_size, online=online, k=k, refine=refine, full_precision=full_precision
+            )
             columns = [
                 SpinnerColumn(),
                 TextColumn("[bold]{task.description}"),

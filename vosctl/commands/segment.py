@@ -35,6 +35,7 @@ from vosctl.options import (
     PresetOption,
     RefineOption,
     ThreadsOption,
+    session_overrides,
 )
 from vosctl.pipeline import overlay_preset_for, segment_file
 from vosctl.preflight import check_segment
@@ -94,12 +95,9 @@ def segment(
         net = build_model(model, torch_device)
         config = session_config_for(
             net,
-            preset=preset.value if preset is not None else None,
-            max_size=max_size,
-            online=online,
-            k=k,
-            refine=refine.value if refine is not None else None,
-            half=False if full_precision else None,
+            **session_overrides(
+                preset=preset, max_size=max_size, online=online, k=k, refine=refine, full_precision=full_precision
+            ),
         )
         columns = [
             SpinnerColumn(),
