@@ -499,3 +499,17 @@ def test_memory_stays_flat_on_a_long_video(tmp_path, encode, tiny_model, one_tor
     assert len(list((tmp_path / "masks").glob("*.png"))) == count
     growth = samples[count] - samples[100]
     assert growth < 40 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MB over 500 frames"
+
+
+def test_profile_prints_seconds_per_frame_of_each_stage(tmp_path, small_clip, run_cli, tiny_model_file):
+    clip, mask = small_clip
+    args = ["segment", clip, "--mask", mask, "--model", tiny_model_file, "--masks-dir", tmp_path / "m"]
+    quiet = run_cli([*args, "--no-overlay"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "by stage" not in quiet.output
+    result = run_cli([*args, "--no-overlay", "--overwrite", "--profile"])
+    assert result.exit_code == 0, result.output
+    line = " ".join(result.output.split()).split("Seconds per frame by stage (threads overlap):")[1]
+    stages = dict(item.strip(" .").split(" ") for item in line.split(","))
+    assert {"embed", "retrieve", "refine", "encode"} <= set(stages)
+    assert all(float(v) >= 0 for v in stages.values())

@@ -75,6 +75,7 @@ def segment_file(
     batch: int = 1,
     overlay_preset: str | None = None,
     encode_thread: bool = True,
+    profile: bool = False,
 ) -> SegmentResult:
     """Segment ``video`` given frame 0's ``mask`` and/or ``masks`` (``PATH`` or ``N=PATH``) and a
     ``masks_in`` folder; write the requested outputs atomically. ``direction`` (default both, when
@@ -109,7 +110,7 @@ def segment_file(
         with open_source(video, fps=fps) as source:
             if on_start is not None:
                 on_start(source.frame_count)
-            session = VideoSession(model, config, device=device)
+            session = VideoSession(model, config, device=device, profile=profile)
             palette = annotations.palette
             overlay_writer = mask_writer = None
             masks_tmp = outputs.folder(masks_dir) if masks_dir is not None else None
@@ -148,7 +149,7 @@ def segment_file(
 
             def backward(start: Frame) -> np.ndarray:
                 """Segment the stored frames from ``start`` down to 0, then hand them to the writer in order."""
-                back = VideoSession(model, config, device=device)
+                back = VideoSession(model, config, device=device, profile=profile)
                 start_ids = run_backward(back, store, start, annotations.ids(passes.backward_masks), batch=batch)
                 for stage, seconds in back.timings.items():
                     session.timings[stage] += seconds

@@ -81,6 +81,10 @@ def segment(
     full_precision: FullPrecisionOption = False,
     preset: PresetOption = None,
     batch: BatchOption = None,
+    profile: Annotated[
+        bool,
+        typer.Option("--profile", help="Print seconds per frame of each stage (exact on a GPU: waits at each stage)."),
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Segment the object(s) of the masks in every frame of VIDEO (frames before the first mask backwards)."""
@@ -135,6 +139,7 @@ def segment(
                 on_frame=on_frame,
                 batch=batch or default_batch(torch_device),
                 overlay_preset=overlay_preset_for(preset.value if preset is not None else None),
+                profile=profile,
             )
             progress.update(task, total=result.frames, completed=result.frames)
         finally:
@@ -145,3 +150,6 @@ def segment(
         out.print(f"Segmented {frames} in {result.seconds:.1f} s ({result.fps:.1f} fps) on {torch_device}.")
         for path in result.outputs:
             out.print(f"  wrote {path}")
+        if profile and result.frames:
+            stages = ", ".join(f"{k} {v / result.frames:.4f}" for k, v in sorted(result.stage_seconds.items()))
+            out.print(f"Seconds per frame by stage (threads overlap): {stages}.")
