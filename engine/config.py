@@ -64,6 +64,9 @@ class SessionConfig:
     # ``prior_floor``, which a look-alike's near-certain vote can still beat. Retrieval at 768 on
     # bear: 0.47 -> 0.13 s a frame (2 cores). Cross-validation: README, Speed (sixth round).
     prior_gate: bool = True
+    # Grid cells beyond the prior's reach that the gate still retrieves (their objects damped by
+    # the floor as without the gate), so a large object entering the frame can grow into them.
+    gate_margin: int = 0
     # Run the network and retrieval on every n-th frame only (1: every frame); the frames between
     # take the last key frame's probabilities moved along the optical flow, then refined.
     keyframe_interval: int = 1
@@ -79,6 +82,8 @@ class SessionConfig:
             raise VosError("The temporal prior needs a radius of zero or more, and a floor and a lost level in [0, 1].")
         if self.runtime not in RUNTIMES:
             raise VosError(f"Unknown runtime '{self.runtime}'; choose one of: {', '.join(RUNTIMES)}.")
+        if self.gate_margin < 0:
+            raise VosError("The gate margin must be zero or more cells.")
         if self.keyframe_interval < 1:
             raise VosError("The key-frame interval must be at least 1.")
 

@@ -84,7 +84,11 @@ class Propagator:
         num_slots = self.registry.num_slots
         region = None
         if reach is not None and self.config.prior_gate:
-            region = torch.nonzero((reach > self.config.prior_floor).any(dim=1)).squeeze(1)
+            inside = (reach > self.config.prior_floor).any(dim=1).float().reshape(1, 1, *grid)
+            m = self.config.gate_margin
+            if m > 0:  # a band beyond the prior's reach is still retrieved (and damped by the floor)
+                inside = F.max_pool2d(inside, 2 * m + 1, stride=1, padding=m)
+            region = torch.nonzero(inside.reshape(-1) > 0).squeeze(1)
             if len(region) == len(pixels):
                 region = None
         if region is None:
