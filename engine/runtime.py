@@ -2,7 +2,7 @@
 
 Eager PyTorch runs each EfficientNet-Lite block as separate pad, convolution, batch-norm and ReLU6
 ops, each a pass over memory; on 2 AVX2 cores the backbone took 0.23-0.26 s a frame at 768x416.
-Two steps, each measured there (``benchmarks/bench_engine.py``):
+Two steps, each timed there on the backbone alone (``benchmarks/bench_engine.py`` times the engine):
 
 - :func:`inference_copy`: batch norm folded into the convolutions' weights and bias, TensorFlow's
   "SAME" padding done inside the convolution where it is symmetric (every stride-1 layer; only the
