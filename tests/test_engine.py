@@ -505,7 +505,9 @@ def test_prior_gate_retrieves_only_where_an_object_can_be(tiny_model):
     mask[8:24, 8:24] = 1  # a small object in a corner of a 16x16 grid
     results = {}
     for gate in (False, True):
-        config = SessionConfig(refine="none", prior_gate=gate, prior_radius=1, prior_flow=False, max_size=128)
+        config = SessionConfig(
+            refine="none", prior_gate=gate, gate_margin=0, prior_radius=1, prior_flow=False, max_size=128
+        )
         session = VideoSession(tiny_model, config)
         session.step(frame, mask)
         queried = []
@@ -525,3 +527,29 @@ def test_prior_gate_retrieves_only_where_an_object_can_be(tiny_model):
     assert torch.all(gated[0, 8:, 8:] == 1.0)  # out of reach: background
     near = gated[1] > 0
     assert near.any() and torch.allclose(gated[:, near], ungated[:, near])  # within reach: as without the gate
+
+
+def test_gate_margin_retrieves_a_band_beyond_the_priors_reach(tiny_model):
+    frame = np.random.default_rng(5).integers(0, 255, size=(128, 128, 3), dtype=np.uint8)
+    mask = np.zeros((128, 128), dtype=np.uint8)
+    mask[8:24, 8:24] = 1
+    counts = {}
+    import engine.propagation as propagation
+
+    for margin in (0, 2):
+        config = SessionConfig(refine="none", gate_margin=margin, prior_radius=1, prior_flow=False, max_size=128)
+        session = VideoSession(tiny_model, config)
+        session.step(frame, mask)
+        seen: list[int] = []
+        real = propagation.knn_probabilities
+        propagation.knn_probabilities = lambda query, *a, real=real, seen=seen: (
+            seen.append(len(query)) or real(query, *a)
+        )
+        try:
+            session.step(frame)
+        finally:
+            propagation.knn_probabilities = real
+        counts[margin] = seen[0]
+    assert counts[0] < counts[2] < 16 * 16
+    with pytest.raises(VosError):
+        SessionConfig(gate_margin=-1)
