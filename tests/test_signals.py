@@ -30,8 +30,15 @@ def start(folder: Path, clip: Path, mask: Path, model: Path) -> subprocess.Popen
     args = [sys.executable, "-m", "vosctl", "segment", clip, "--mask", mask, "--model", model, "--threads", "1"]
     args += ["--masks-dir", folder / "masks", "--mask-video", folder / "masks.mkv", "-o", folder / "out.mp4"]
     env = {**os.environ, **CLI_ENV, "PYTHONPATH": str(ROOT)}
+    # As from a terminal: a test runner started in the background (``cmd &`` in a script) ignores
+    # SIGINT, and a child inherits that; Ctrl-C must reach vosctl as it would a user's command.
     return subprocess.Popen(
-        [str(a) for a in args], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [str(a) for a in args],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
