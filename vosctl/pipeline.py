@@ -166,67 +166,74 @@ def segment_file(
             frames_seen = 0
             decoded = Prefetch(source.items(), size=max(8, 2 * batch))
             worker = Worker(write, size=max(4, batch), inline=not encode_thread)
-            early_audio: list[AudioPacket] = []  # audio that arrives before the first frame is decoded
-            pending: list[Frame] = []
-            started = False  # the first frame has arrived
-            for item in decoded:
-                if isinstance(item, AudioPacket):
-                    if overlay_writer is not None:
-                        worker.submit(item)
-                    elif not started:
-                        early_audio.append(item)
-                    continue
-                if not started:
-                    started = True
-                    height, width = item.image.shape[:2]
-                    annotations = annotations.fitted(height, width, rotation=item.rotation)
-                    forward_masks = annotations.ids(passes.forward_masks)
-                    result.notes = list(annotations.notes)
-                    if output is not None:
-                        overlay_writer = VideoWriter(
-                            outputs.file(output),
-                            final_path=output,
-                            width=width,
-                            height=height,
-                            fps=source.fps,
-                            time_base=item.time_base,
-                            audio_stream=source.audio,
-                            preset=overlay_preset,
-                        )
-                        writers.append(overlay_writer)
-                        for packet in early_audio:
-                            worker.submit(packet)
-                    early_audio.clear()
-                    if mask_video is not None:
-                        mask_writer = VideoWriter(
-                            outputs.file(mask_video),
-                            final_path=mask_video,
-                            width=width,
-                            height=height,
-                            fps=source.fps,
-                            time_base=item.time_base,
-                            lossless=True,
-                        )
-                        writers.append(mask_writer)
-                frames_seen += 1
-                back_from, forward_from = passes.backward_from, passes.forward_from
-                if back_from is not None and item.index < back_from:
-                    store.put(item)
-                    continue
-                start_ids = backward(item) if back_from is not None and item.index == back_from else None
-                if forward_from is not None and item.index >= forward_from:
-                    pending.append(item)
-                    if len(pending) >= batch:
-                        flush(pending)
-                elif start_ids is not None:
-                    worker.submit(item, None, True, start_ids)
-                else:  # no pass reaches this frame (--direction forward or backward)
-                    worker.submit(item, None, True, background(item))
-            if pending:
-                flush(pending)
-            # A mask for a frame beyond the end: known only now when the container did not count its frames.
-            annotations.check_length(frames_seen)
-            worker.finish()
+            try:
+                early_audio: list[AudioPacket] = []  # audio that arrives before the first frame is decoded
+                pending: list[Frame] = []
+                started = False  # the first frame has arrived
+                for item in decoded:
+                    if isinstance(item, AudioPacket):
+                        if overlay_writer is not None:
+                            worker.submit(item)
+                        elif not started:
+                            early_audio.append(item)
+                        continue
+                    if not started:
+                        started = True
+                        height, width = item.image.shape[:2]
+                        annotations = annotations.fitted(height, width, rotation=item.rotation)
+                        forward_masks = annotations.ids(passes.forward_masks)
+                        result.notes = list(annotations.notes)
+                        if output is not None:
+                            overlay_writer = VideoWriter(
+                                outputs.file(output),
+                                final_path=output,
+                                width=width,
+                                height=height,
+                                fps=source.fps,
+                                time_base=item.time_base,
+                                audio_stream=source.audio,
+                                preset=overlay_preset,
+                            )
+                            writers.append(overlay_writer)
+                            for packet in early_audio:
+                                worker.submit(packet)
+                        early_audio.clear()
+                        if mask_video is not None:
+                            mask_writer = VideoWriter(
+                                outputs.file(mask_video),
+                                final_path=mask_video,
+                                width=width,
+                                height=height,
+                                fps=source.fps,
+                                time_base=item.time_base,
+                                lossless=True,
+                            )
+                            writers.append(mask_writer)
+                    frames_seen += 1
+                    back_from, forward_from = passes.backward_from, passes.forward_from
+                    if back_from is not None and item.index < back_from:
+                        store.put(item)
+                        continue
+                    start_ids = backward(item) if back_from is not None and item.index == back_from else None
+                    if forward_from is not None and item.index >= forward_from:
+                        pending.append(item)
+                        if len(pending) >= batch:
+                            flush(pending)
+                    elif start_ids is not None:
+                        worker.submit(item, None, True, start_ids)
+                    else:  # no pass reaches this frame (--direction forward or backward)
+                        worker.submit(item, None, True, background(item))
+                if pending:
+                    flush(pending)
+                # A mask for a frame beyond the end: known only now when the container did not count its frames.
+                annotations.check_length(frames_seen)
+                worker.finish()
+            except BaseException:
+                # Both threads stop before the source closes: they read its frames and packets
+                # (closing the input under a decoding thread crashed the process on Ctrl-C).
+                worker.abort()
+                decoded.close()
+                raise
         for writer in writers:
             writer.close()
         writers.clear()

@@ -102,7 +102,7 @@ class Worker:
     def abort(self) -> None:
         """Skip what has not run yet and wait for the thread to end."""
         self._error = self._error or _Aborted()
-        if self._inline:
+        if self._inline or not self._thread.is_alive():
             return
         while True:
             try:
