@@ -305,20 +305,6 @@ def test_existing_output_needs_overwrite(tmp_path, small_clip, run_cli, tiny_mod
 # ---- bad input: exit 1, one sentence, nothing written -------------------------------------------
 
 
-def cut_mp4(path: Path, frames: list[np.ndarray], encode, *, at_packet: bool) -> Path:
-    """A 30-frame faststart mp4 (index first) cut to about 60%: at a packet boundary, or mid-packet."""
-    encode(path, frames, container_options={"movflags": "faststart"})
-    with av.open(str(path)) as container:
-        starts = sorted(p.pos for p in container.demux(video=0) if p.pos is not None and p.pos > 0)
-    target = int(path.stat().st_size * 0.6)
-    cut = min(starts, key=lambda pos: abs(pos - target))
-    if not at_packet:  # halfway into the packet that starts there
-        cut = (cut + starts[starts.index(cut) + 1]) // 2
-    with open(path, "r+b") as file:
-        file.truncate(cut)
-    return path
-
-
 def make_bad_case(case: str, folder: Path, encode) -> tuple[list, str | None]:
     """Inputs for ``case`` in ``folder`` -> (extra CLI arguments, expected part of the message)."""
     rng = np.random.default_rng(0)
@@ -352,10 +338,10 @@ def make_bad_case(case: str, folder: Path, encode) -> tuple[list, str | None]:
         clip.write_bytes(b"")
         return [clip, "--mask", mask], "not a readable video"
     if case == "video cut at a packet boundary":
-        cut_mp4(clip, frames, encode, at_packet=True)
+        corpus.cut_mp4(clip, frames, encode, at_packet=True)
         return [clip, "--mask", mask], "of 30 frames"
     if case == "video cut mid-packet":
-        cut_mp4(clip, frames, encode, at_packet=False)
+        corpus.cut_mp4(clip, frames, encode, at_packet=False)
         return [clip, "--mask", mask], "damaged"
     if case == "mask is text":
         mask.write_text("not an image\n")
