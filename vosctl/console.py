@@ -7,11 +7,35 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from engine.errors import VosError
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
+
+
+def frame_progress() -> Progress:
+    """The progress display of commands that stream frames: one bar per task (its description in
+    bold), done / total, the task's ``fps`` field, elapsed and remaining time. Not yet started."""
+    columns = [
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:.1f} fps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    return Progress(*columns, console=console, transient=False)
 
 
 @contextlib.contextmanager

@@ -7,22 +7,13 @@ from typing import Annotated
 
 import torch
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from engine.devices import default_batch, resolve_device
 from engine.errors import VosError
 from engine.factory import build_model
 from engine.session import session_config_for
 from vosctl.batch_run import parse_shard, run_batch, torchrun_rank
-from vosctl.console import console, out, reported_errors
+from vosctl.console import frame_progress, out, reported_errors
 from vosctl.options import (
     AnnotationChoice,
     BatchOption,
@@ -101,16 +92,7 @@ def batch(
                 preset=preset, max_size=max_size, online=online, k=k, refine=refine, full_precision=full_precision
             ),
         )
-        columns = [
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[fps]:.1f} fps"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        ]
-        progress = Progress(*columns, console=console, transient=False)
+        progress = frame_progress()
         videos = progress.add_task("videos", total=None, fps=0.0)
         frames = progress.add_task("frames", total=None, fps=0.0)
         counted = {"frames": 0, "before": 0}

@@ -7,20 +7,11 @@ from typing import Annotated
 
 import torch
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from engine.devices import default_batch, resolve_device
 from engine.factory import build_model
 from engine.session import session_config_for
-from vosctl.console import console, out, reported_errors
+from vosctl.console import console, frame_progress, out, reported_errors
 from vosctl.options import (
     BatchOption,
     DebugOption,
@@ -103,17 +94,8 @@ def segment(
                 preset=preset, max_size=max_size, online=online, k=k, refine=refine, full_precision=full_precision
             ),
         )
-        columns = [
-            SpinnerColumn(),
-            TextColumn("[bold]segment"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[fps]:.1f} fps"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        ]
         # The bar appears with the first frame: an error before it is printed alone.
-        progress = Progress(*columns, console=console, transient=False)
+        progress = frame_progress()
         task = progress.add_task("segment", total=None, fps=0.0)
 
         def on_start(total: int | None) -> None:
