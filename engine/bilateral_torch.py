@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.bilateral import (
+from engine.bilateral_params import (
     _BISTOCHASTIC_ITERS,
     _CG_TOL,
     _EPS,
