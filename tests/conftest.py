@@ -21,6 +21,10 @@ from engine.model import EmbeddingModel, ModelConfig, create_model
 DEFAULT_DAVIS = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016-train")
 # A fixed console for output assertions: rich reads COLUMNS when it measures, TERM=dumb drops colours.
 CLI_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
+# The sequence the segment tests run on (25 frames, 854x480), and the (w, h) of the downscaled clips
+# their tiny-model runs use; 16:9 like DAVIS 480p.
+DOG_SEQUENCE = "dog-agility"
+DOG_SMALL = (256, 144)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,6 +56,28 @@ def davis_masks(root: Path, sequence: str, count: int | None = None) -> list[np.
     """Ground-truth (H, W) bool masks of a DAVIS 2016 sequence (stored as 0/255 PNGs)."""
     files = sorted((root / "Annotations" / "480p" / sequence).glob("*.png"))[:count]
     return [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) > 0 for f in files]
+
+
+@pytest.fixture(scope="module")
+def dog_small_frames(davis_root) -> list[np.ndarray]:
+    """dog-agility's frames at ``DOG_SMALL``."""
+    return davis_frames(davis_root, DOG_SEQUENCE, size=DOG_SMALL)
+
+
+@pytest.fixture(scope="module")
+def dog_small_mask(davis_root) -> np.ndarray:
+    """The first dog-agility mask at the small size, as a 0/255 PNG's pixels."""
+    full = cv2.imread(str(davis_root / "Annotations" / "480p" / DOG_SEQUENCE / "00000.png"), cv2.IMREAD_GRAYSCALE)
+    return cv2.resize(full, DOG_SMALL, interpolation=cv2.INTER_NEAREST)
+
+
+@pytest.fixture
+def dog_small_clip(tmp_path, dog_small_frames, dog_small_mask, encode) -> tuple[Path, Path]:
+    """(tmp_path/clip.mp4, tmp_path/first.png): the small dog-agility clip and its first mask."""
+    clip = encode(tmp_path / "clip.mp4", dog_small_frames)
+    mask = tmp_path / "first.png"
+    cv2.imwrite(str(mask), dog_small_mask)
+    return clip, mask
 
 
 def encode_video(
