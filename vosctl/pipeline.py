@@ -161,6 +161,22 @@ def segment_file(
             def background(item: Frame) -> np.ndarray:
                 return np.zeros(item.image.shape[:2], np.uint8)
 
+            def open_writer(path: Path, first: Frame, **options) -> VideoWriter:
+                """A writer for the video output ``path`` (into its temporary file) at ``first``'s size
+                and time base and the source's rate; ``writers`` closes or aborts it with the others."""
+                height, width = first.image.shape[:2]
+                writer = VideoWriter(
+                    outputs.file(path),
+                    final_path=path,
+                    width=width,
+                    height=height,
+                    fps=source.fps,
+                    time_base=first.time_base,
+                    **options,
+                )
+                writers.append(writer)
+                return writer
+
             if passes.backward_from is not None:
                 store = FrameStore()
             frames_seen = 0
@@ -184,31 +200,12 @@ def segment_file(
                         forward_masks = annotations.ids(passes.forward_masks)
                         result.notes = list(annotations.notes)
                         if output is not None:
-                            overlay_writer = VideoWriter(
-                                outputs.file(output),
-                                final_path=output,
-                                width=width,
-                                height=height,
-                                fps=source.fps,
-                                time_base=item.time_base,
-                                audio_stream=source.audio,
-                                preset=overlay_preset,
-                            )
-                            writers.append(overlay_writer)
+                            overlay_writer = open_writer(output, item, audio_stream=source.audio, preset=overlay_preset)
                             for packet in early_audio:
                                 worker.submit(packet)
                         early_audio.clear()
                         if mask_video is not None:
-                            mask_writer = VideoWriter(
-                                outputs.file(mask_video),
-                                final_path=mask_video,
-                                width=width,
-                                height=height,
-                                fps=source.fps,
-                                time_base=item.time_base,
-                                lossless=True,
-                            )
-                            writers.append(mask_writer)
+                            mask_writer = open_writer(mask_video, item, lossless=True)
                     frames_seen += 1
                     back_from, forward_from = passes.backward_from, passes.forward_from
                     if back_from is not None and item.index < back_from:
