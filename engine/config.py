@@ -27,6 +27,9 @@ class SessionConfig:
     # 640 on 27 sequences of 30 (J 0.830 -> 0.839, F 0.833 -> 0.849) at 3.6 instead of 5.3 fps on
     # 2 cores (480p input); 896 was no better (J 0.841, F 0.849) and lost fast-moving objects.
     max_size: int = 768
+    # Frames whose longer side is below ``min_size`` are enlarged to it (at most to ``max_size``)
+    # before the network: a small clip's objects then cover as many grid cells as at 480p.
+    min_size: int = 0
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     online: bool = True
     # A small memory of recent frames beat larger ones on the dev split (J&F 0.749 at 1024 pixels,
@@ -34,7 +37,14 @@ class SessionConfig:
     memory_size: int = 1024  # pixels in the online memory (8 frames of 128)
     memory_threshold: float = 0.95  # a pixel joins the memory when its top probability reaches this
     memory_per_frame: int = 128  # at most this many pixels join per frame
+    # Share the pixels joining the memory evenly among the labels instead of drawing them from all
+    # confident pixels (mostly background): a small object keeps its share of the memory.
+    memory_balanced: bool = False
     refine: str = "bilateral"
+    # The bilateral solver's working resolution (longer side, 0: the frame's own) and smoothness
+    # weight (engine.bilateral_params.BilateralParams ``max_side`` and ``lam``).
+    refine_size: int = 256
+    refine_lambda: float = 128.0
     # Temporal prior: an object is expected within ``prior_radius`` grid cells of where it was in
     # the previous frame, moved along the optical flow (``prior_flow``, engine.motion); elsewhere
     # its probability is scaled by ``prior_floor`` (1.0 disables). The k-NN votes are sharp (a
@@ -69,6 +79,16 @@ class SessionConfig:
     # with no margin the gate lost bus (J 0.893 -> 0.712) on the cross-validation; with 4, the
     # folds 0-3 score J 0.841 / F 0.837 against 0.833 / 0.832 without any gate.
     gate_margin: int = 4
+    # Bank of an annotated frame: every cell within ``bank_near`` grid cells of an object, and the
+    # fraction ``bank_far`` (1: all) of the background cells beyond, evenly spread.
+    bank_near: int = 8
+    bank_far: float = 1.0
+    # Identities of several objects (engine.propagation, ``_apply_identity``): the objects' share
+    # of a cell is redistributed by how much of it each held in the previous frame (moved along the
+    # flow), to the power ``identity_power`` (0: off); ``identity_floor`` keeps a cell that no
+    # object held open to all. No effect with a single object.
+    identity_power: float = 1.0
+    identity_floor: float = 0.05
     # Run the network and retrieval on every n-th frame only (1: every frame); the frames between
     # take the last key frame's probabilities moved along the optical flow, then refined.
     keyframe_interval: int = 1
@@ -84,6 +104,8 @@ class SessionConfig:
             raise VosError("The temporal prior needs a radius of zero or more, and a floor and a lost level in [0, 1].")
         if self.runtime not in RUNTIMES:
             raise VosError(f"Unknown runtime '{self.runtime}'; choose one of: {', '.join(RUNTIMES)}.")
+        if self.refine_size < 0 or self.refine_lambda < 0:
+            raise VosError("The refinement size and smoothness weight must be zero or more.")
         if self.gate_margin < 0:
             raise VosError("The gate margin must be zero or more cells.")
         if self.keyframe_interval < 1:

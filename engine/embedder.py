@@ -18,9 +18,13 @@ from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid
 from engine.runtime import OnnxEmbedding, inference_copy, resolve_runtime
 
 
-def processing_size(height: int, width: int, max_size: int) -> tuple[int, int]:
-    """The (h, w) the network sees: longer side ``max_size`` (never upscaled), multiples of 32."""
-    scale = min(1.0, max_size / max(height, width))
+def processing_size(height: int, width: int, max_size: int, min_size: int = 0) -> tuple[int, int]:
+    """The (h, w) the network sees, multiples of 32: longer side ``max_size`` at most, and a smaller
+    frame enlarged until its longer side is ``min_size`` (0: never enlarged)."""
+    longer = max(height, width)
+    scale = min(1.0, max_size / longer)
+    if min_size and longer < min_size:
+        scale = min(max_size, min_size) / longer
     return (
         max(ALIGN, round(height * scale / ALIGN) * ALIGN),
         max(ALIGN, round(width * scale / ALIGN) * ALIGN),
@@ -45,12 +49,14 @@ class FrameEmbedder:
         model: EmbeddingModel,
         *,
         max_size: int,
+        min_size: int = 0,
         device: torch.device,
         half: bool = True,
         runtime: str = "auto",
     ) -> None:
         self.model = model
         self.max_size = max_size
+        self.min_size = min_size
         self.device = torch.device(device)
         self.dtype = reduced_precision(self.device) if half else None
         self.runtime = resolve_runtime(runtime, self.device, self.dtype is not None)
@@ -61,7 +67,7 @@ class FrameEmbedder:
         """(H, W, 3) uint8 RGB -> (h, w, 3) uint8 RGB at the processing size."""
         check_frame(frame)
         height, width = frame.shape[:2]
-        h, w = processing_size(height, width, self.max_size)
+        h, w = processing_size(height, width, self.max_size, self.min_size)
         small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (height, width) else frame
         return np.ascontiguousarray(small)
 

@@ -62,7 +62,8 @@ class Propagator:
             # The memory's pixels were labelled before this mask was known: where the mask corrects
             # a drift, or names an object the memory took for background, they would outvote it.
             self.memory.clear()
-        self.bank.add(PixelSet(pixels.keys, pixels.coords, labels), permanent=introduces)
+        keep = self._bank_cells(fractions, grid)
+        self.bank.add(PixelSet(pixels.keys[keep], pixels.coords[keep], labels[keep]), permanent=introduces)
         self._previous = fractions
         return given
 
@@ -80,7 +81,8 @@ class Propagator:
         ``remember=False`` keeps this frame's pixels out of the online memory (a frame about to be
         given a mask: its prediction is what the mask corrects)."""
         pixels = self._project(pixels)
-        reach = self._reach(grid, flow)  # (M, K) or None
+        moved = self._moved_previous(grid, flow)  # (K + 1, gh, gw) or None
+        reach = self._reach(moved)  # (M, K) or None
         num_slots = self.registry.num_slots
         region = None
         if reach is not None and self.config.prior_gate:
@@ -101,6 +103,7 @@ class Propagator:
                 query = PixelSet(pixels.keys[region], pixels.coords[region], pixels.labels)
                 probs[region], _ = knn_probabilities(query, self._bank(), num_slots, self.config.retrieval)
         probs = self._apply_prior(probs, reach)
+        probs = self._apply_identity(probs, moved)
         if self.config.online and remember:
             self._remember(pixels, probs, region)
         grid_probs = probs.T.reshape(num_slots, *grid).float()
@@ -127,28 +130,51 @@ class Propagator:
             return pixels
         return PixelSet(pixels.keys @ self._projection, pixels.coords, pixels.labels)
 
+    def _bank_cells(self, fractions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Indices of an annotated frame's cells that join the bank: every cell within
+        ``bank_near`` cells of an object, and a fixed, evenly spread ``bank_far`` fraction of the
+        background beyond (far background matters only to tell distant look-alike stuff apart,
+        and retrieval cost is linear in the bank)."""
+        cells = torch.arange(grid[0] * grid[1], device=fractions.device)
+        if self.config.bank_far >= 1.0:
+            return cells
+        r = self.config.bank_near
+        objects = (fractions[1:].sum(dim=0) > 0).float()[None, None]
+        near = F.max_pool2d(objects, 2 * r + 1, stride=1, padding=r).reshape(-1) > 0
+        step = max(1, round(1.0 / max(self.config.bank_far, 1e-6)))
+        # Even spread over the grid: every step-th far cell in raster order, offset per row so the
+        # kept cells form a lattice rather than columns.
+        rows = cells // grid[1]
+        spread = ((cells + rows * (step // 2 + 1)) % step) == 0
+        return cells[near | spread]
+
     def _bank(self) -> PixelSet:
         parts = [p for p in (self.bank.pixels(), self.memory.pixels()) if p is not None]
         if not parts:
             raise VosError("The first frame needs a mask: the session has no reference yet.")
         return PixelSet.concat(parts) if len(parts) > 1 else parts[0]
 
-    def _reach(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
-        """(gh * gw, K) in [0, 1]: how near each object was in the previous frame, moved along the
-        flow and widened by ``prior_radius``; 1 everywhere for an object that was lost. None when
-        there is no prior (first frame, prior off). An object registered after the previous frame
-        has no prior yet: its channel is padded with zeros, which reads as lost (reach 1)."""
+    def _moved_previous(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
+        """(K + 1, gh, gw): the previous frame's probabilities moved along the flow; None when there
+        is no prior (first frame, prior off). An object registered after the previous frame has no
+        prior yet: its channel is zeros."""
         previous = self._previous
         if previous is None or self.config.prior_floor >= 1.0 or previous.shape[1:] != grid:
             return None
         missing = self.registry.num_slots - previous.shape[0]
         if missing > 0:
             previous = torch.cat([previous, previous.new_zeros(missing, *grid)])
-        if flow is not None:
-            previous = warp_back(previous, flow)
+        return warp_back(previous, flow) if flow is not None else previous
+
+    def _reach(self, moved: torch.Tensor | None) -> torch.Tensor | None:
+        """(gh * gw, K) in [0, 1]: how near each object was in the previous frame (``moved``),
+        widened by ``prior_radius``; 1 everywhere for an object that was lost (a zero channel, an
+        object new since the previous frame, reads as lost). None when there is no prior."""
+        if moved is None:
+            return None
         r = self.config.prior_radius
-        near = F.max_pool2d(previous[None, 1:], 2 * r + 1, stride=1, padding=r)[0]  # (K, gh, gw)
-        lost = previous[1:].amax(dim=(1, 2)) < self.config.prior_lost
+        near = F.max_pool2d(moved[None, 1:], 2 * r + 1, stride=1, padding=r)[0]  # (K, gh, gw)
+        lost = moved[1:].amax(dim=(1, 2)) < self.config.prior_lost
         near[lost] = 1.0
         return near.reshape(len(near), -1).T
 
@@ -161,16 +187,62 @@ class Propagator:
         probs = probs * scale
         return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
+    def _apply_identity(self, probs: torch.Tensor, moved: torch.Tensor | None) -> torch.Tensor:
+        """(M, K + 1) -> (M, K + 1): the objects' share of a cell redistributed by who held it.
+
+        Retrieval tells an object from the background well but two objects of the same kind
+        poorly: their pixels look alike. Where the previous frame (moved along the flow) gave a
+        cell to one object, the others' probability there is scaled by their share of it, raised
+        to ``identity_power``; the background's probability is left as retrieval gave it. A cell no
+        object held is shared evenly, so with one object, or none nearby, nothing changes.
+        """
+        power = self.config.identity_power
+        if moved is None or power <= 0 or self.registry.num_slots < 3:
+            return probs
+        held = moved[1:].reshape(len(moved) - 1, -1).T.clamp_min(0)  # (M, K)
+        lost = held.amax(dim=0) < self.config.prior_lost
+        delta = self.config.identity_floor
+        share = (held + delta) / (held.sum(dim=1, keepdim=True) + delta * held.shape[1])
+        share[:, lost] = share.amax(dim=1, keepdim=True).expand(-1, int(lost.sum()))  # a lost object may be anywhere
+        objects = probs[:, 1:]
+        weighted = objects * share.pow(power)
+        mass = objects.sum(dim=1, keepdim=True)
+        objects = weighted * (mass / weighted.sum(dim=1, keepdim=True).clamp_min(1e-12))
+        return torch.cat([probs[:, :1], objects], dim=1)
+
     def _remember(self, pixels: PixelSet, probs: torch.Tensor, region: torch.Tensor | None) -> None:
-        """Confident retrieved pixels of this frame join the online memory (at most ``memory_per_frame``)."""
+        """Confident retrieved pixels of this frame join the online memory (at most
+        ``memory_per_frame``, drawn at random, or shared among the labels with ``memory_balanced``)."""
         confidence, labels = probs.max(dim=1)
+        cells = torch.arange(len(probs), device=probs.device)
         if region is not None:
-            confidence, labels = confidence[region], labels[region]
-            keys, coords = pixels.keys[region], pixels.coords[region]
-        else:
-            keys, coords = pixels.keys, pixels.coords
+            confidence, labels, cells = confidence[region], labels[region], region
         chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
-        if len(chosen) > self.config.memory_per_frame:
-            pick = torch.randperm(len(chosen), generator=self._generator)[: self.config.memory_per_frame]
+        budget = self.config.memory_per_frame
+        if self.config.memory_balanced and len(chosen) > budget:
+            chosen = self._balanced(chosen, labels[chosen], budget)
+        elif len(chosen) > budget:
+            pick = torch.randperm(len(chosen), generator=self._generator)[:budget]
             chosen = chosen[pick.to(chosen.device)]
-        self.memory.add(PixelSet(keys[chosen], coords[chosen], labels[chosen]))
+        picked = cells[chosen]
+        self.memory.add(PixelSet(pixels.keys[picked], pixels.coords[picked], labels[chosen]))
+
+    def _balanced(self, chosen: torch.Tensor, labels: torch.Tensor, take: int) -> torch.Tensor:
+        """At most ``take`` of ``chosen``, shared evenly among their labels (a label with fewer
+        candidates than its share leaves the rest to the others), each label's drawn at random."""
+        order = torch.randperm(len(chosen), generator=self._generator).to(chosen.device)
+        chosen, labels = chosen[order], labels[order]
+        present = torch.unique(labels)
+        counts = torch.stack([(labels == label).sum() for label in present])
+        quota = torch.zeros_like(counts)
+        left = take
+        for _ in range(len(present)):  # water-filling: small labels keep all theirs
+            open_ = quota < counts
+            if left <= 0 or not open_.any():
+                break
+            share = max(1, left // int(open_.sum()))
+            add = torch.minimum(counts - quota, torch.full_like(counts, share)) * open_
+            quota += add
+            left -= int(add.sum())
+        parts = [chosen[labels == label][: int(q)] for label, q in zip(present, quota, strict=True)]
+        return torch.cat(parts)[:take]

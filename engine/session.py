@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.bilateral import BilateralRefiner
+from engine.bilateral import BilateralParams, BilateralRefiner
 from engine.config import ALIGN, REFINERS, SessionConfig, preset_settings
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError
@@ -57,12 +57,20 @@ class VideoSession:
         self.config = config or SessionConfig()
         self.device = torch.device(device)
         self.embedder = FrameEmbedder(
-            model, max_size=self.config.max_size, device=self.device, half=self.config.half, runtime=self.config.runtime
+            model,
+            max_size=self.config.max_size,
+            min_size=self.config.min_size,
+            device=self.device,
+            half=self.config.half,
+            runtime=self.config.runtime,
         )
         self.propagator = Propagator(self.config, self.device)
         # On a GPU the refiner solves on the device (engine.refiners), so probabilities reach the
         # host once, as the ids the outputs need.
-        self.refiner = refiner if refiner is not None else make_refiner(self.config.refine, self.device)
+        if refiner is None:
+            params = BilateralParams(max_side=self.config.refine_size or None, lam=self.config.refine_lambda)
+            refiner = make_refiner(self.config.refine, self.device, params)
+        self.refiner = refiner
         self.profile = profile
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None

@@ -405,7 +405,7 @@ def with_prior(session, previous, probs, grid, flow=None):
     propagator = session.propagator
     propagator.registry.register(list(range(1, previous.shape[0])))
     propagator._previous = previous
-    return propagator._apply_prior(probs, propagator._reach(grid, flow))
+    return propagator._apply_prior(probs, propagator._reach(propagator._moved_previous(grid, flow)))
 
 
 def test_temporal_prior_damps_an_object_far_from_where_it_was(tiny_model):
