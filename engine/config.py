@@ -37,9 +37,6 @@ class SessionConfig:
     memory_size: int = 1024  # pixels in the online memory (8 frames of 128)
     memory_threshold: float = 0.95  # a pixel joins the memory when its top probability reaches this
     memory_per_frame: int = 128  # at most this many pixels join per frame
-    # Share the pixels joining the memory evenly among the labels instead of drawing them from all
-    # confident pixels (mostly background): a small object keeps its share of the memory.
-    memory_balanced: bool = False
     refine: str = "bilateral"
     # The bilateral solver's working resolution (longer side, 0: the frame's own) and smoothness
     # weight (engine.bilateral_params.BilateralParams ``max_side`` and ``lam``).

@@ -211,38 +211,15 @@ class Propagator:
         return torch.cat([probs[:, :1], objects], dim=1)
 
     def _remember(self, pixels: PixelSet, probs: torch.Tensor, region: torch.Tensor | None) -> None:
-        """Confident retrieved pixels of this frame join the online memory (at most
-        ``memory_per_frame``, drawn at random, or shared among the labels with ``memory_balanced``)."""
+        """Confident retrieved pixels of this frame join the online memory (at most ``memory_per_frame``)."""
         confidence, labels = probs.max(dim=1)
         cells = torch.arange(len(probs), device=probs.device)
         if region is not None:
             confidence, labels, cells = confidence[region], labels[region], region
         chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
         budget = self.config.memory_per_frame
-        if self.config.memory_balanced and len(chosen) > budget:
-            chosen = self._balanced(chosen, labels[chosen], budget)
-        elif len(chosen) > budget:
+        if len(chosen) > budget:
             pick = torch.randperm(len(chosen), generator=self._generator)[:budget]
             chosen = chosen[pick.to(chosen.device)]
         picked = cells[chosen]
         self.memory.add(PixelSet(pixels.keys[picked], pixels.coords[picked], labels[chosen]))
-
-    def _balanced(self, chosen: torch.Tensor, labels: torch.Tensor, take: int) -> torch.Tensor:
-        """At most ``take`` of ``chosen``, shared evenly among their labels (a label with fewer
-        candidates than its share leaves the rest to the others), each label's drawn at random."""
-        order = torch.randperm(len(chosen), generator=self._generator).to(chosen.device)
-        chosen, labels = chosen[order], labels[order]
-        present = torch.unique(labels)
-        counts = torch.stack([(labels == label).sum() for label in present])
-        quota = torch.zeros_like(counts)
-        left = take
-        for _ in range(len(present)):  # water-filling: small labels keep all theirs
-            open_ = quota < counts
-            if left <= 0 or not open_.any():
-                break
-            share = max(1, left // int(open_.sum()))
-            add = torch.minimum(counts - quota, torch.full_like(counts, share)) * open_
-            quota += add
-            left -= int(add.sum())
-        parts = [chosen[labels == label][: int(q)] for label, q in zip(present, quota, strict=True)]
-        return torch.cat(parts)[:take]

@@ -1,5 +1,5 @@
-"""Several objects: identities held by the previous frame, the memory's share per label, small clips
-enlarged, and the compositing that builds the multi-object dev clips."""
+"""Several objects: identities held by the previous frame; the bank's cells; small clips enlarged;
+the refinement settings; and the compositing that builds the multi-object dev clips."""
 
 from __future__ import annotations
 
@@ -59,27 +59,6 @@ def test_a_lost_object_is_not_held_back_by_the_others():
     out = p._apply_identity(probs, moved)
     assert out[1, 2] == pytest.approx(0.5)  # where nobody was it keeps its vote
     assert out[0, 2] == pytest.approx(0.5)  # and the object that is there does not push it out
-
-
-def test_balanced_memory_shares_the_budget_among_labels():
-    p = propagator(memory_balanced=True)
-    chosen = torch.arange(1000)
-    labels = torch.cat([torch.zeros(900), torch.ones(80), torch.full((20,), 2)]).long()
-    picked = p._balanced(chosen, labels, 128)
-    counts = torch.bincount(labels[picked], minlength=3).tolist()
-    assert len(picked) == 128 and len(set(picked.tolist())) == 128
-    assert counts == [54, 54, 20]  # the smallest keeps all its 20, the others share the rest
-
-
-def test_balanced_memory_joins_the_memory_through_remember():
-    p = registered(propagator(memory_balanced=True, memory_per_frame=8), 1)
-    keys = torch.nn.functional.normalize(torch.randn(100, 4), dim=1)
-    pixels = PixelSet(keys, torch.zeros(100, 3), torch.zeros(100, dtype=torch.long))
-    probs = torch.zeros(100, 2)
-    probs[:95, 0] = 1.0
-    probs[95:, 1] = 1.0
-    p._remember(pixels, probs, None)
-    assert torch.bincount(p.memory.pixels().labels, minlength=2).tolist() == [4, 4]
 
 
 def test_small_frames_are_enlarged_only_when_asked():
