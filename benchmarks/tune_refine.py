@@ -10,7 +10,8 @@ run per setting.
         --variant s4=sigma_spatial=4,max_side=512 [--folds f0,f1] [--set NAME=VALUE]
 
 A variant is NAME=SETTINGS, the settings being comma-separated bilateral parameters
-(engine.bilateral_params.BilateralParams) or ``none`` for no refinement. Prints J and F of each
+(engine.bilateral_params.BilateralParams) and ``crop=true`` (the solver on the uncertain window only,
+engine.bilateral.BilateralRefiner), or ``none`` for no refinement. Prints J and F of each
 variant per fold and over all scored sequences, and per sequence in a JSON line.
 """
 
@@ -45,13 +46,16 @@ def parse_variant(text: str):
     if settings.strip() == "none":
         return name, None
     names = {f.name for f in fields(BilateralParams)}
-    values = {}
+    values, crop = {}, False
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
+        if key == "crop":
+            crop = bool(parse_value(value))
+            continue
         if key not in names:
             raise SystemExit(f"Unknown bilateral parameter '{key}'; choose from {', '.join(sorted(names))}.")
         values[key] = parse_value(value)
-    return name, BilateralRefiner(BilateralParams(**values))
+    return name, BilateralRefiner(BilateralParams(**values), crop=crop)
 
 
 def coarse_sequence(

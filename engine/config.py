@@ -12,9 +12,9 @@ REFINERS = ("none", "bilateral")
 # Named trades of speed for accuracy (README, Speed): settings over the defaults, under the
 # caller's own options. "balanced" is the defaults themselves.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"max_size": 512, "gate_margin": 0},
+    "fast": {"max_size": 512, "gate_margin": 0, "refine_size": 256, "refine_lambda": 128.0},
     "balanced": {},
-    "accurate": {"max_size": 896},
+    "accurate": {"max_size": 896, "refine_size": 640},
 }
 ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
 
@@ -28,8 +28,10 @@ class SessionConfig:
     # 2 cores (480p input); 896 was no better (J 0.841, F 0.849) and lost fast-moving objects.
     max_size: int = 768
     # Frames whose longer side is below ``min_size`` are enlarged to it (at most to ``max_size``)
-    # before the network: a small clip's objects then cover as many grid cells as at 480p.
-    min_size: int = 0
+    # before the network, so a small clip's objects cover enough grid cells: on the 20 multi-object
+    # dev clips (432x240, benchmarks/multi_object_dev.py) mean J per object 0.625 -> 0.652, F 0.652
+    # -> 0.713 (46 objects better, 12 worse). Frames of 640 pixels and more are not affected.
+    min_size: int = 640
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     online: bool = True
     # A small memory of recent frames beat larger ones on the dev split (J&F 0.749 at 1024 pixels,
@@ -39,9 +41,15 @@ class SessionConfig:
     memory_per_frame: int = 128  # at most this many pixels join per frame
     refine: str = "bilateral"
     # The bilateral solver's working resolution (longer side, 0: the frame's own) and smoothness
-    # weight (engine.bilateral_params.BilateralParams ``max_side`` and ``lam``).
-    refine_size: int = 256
-    refine_lambda: float = 128.0
+    # weight (engine.bilateral_params.BilateralParams ``max_side`` and ``lam``), solved only on the
+    # window around the uncertain pixels (``refine_crop``, the CPU solver) at the resolution
+    # ``refine_size`` gives the whole frame. Five-fold cross-validation over the 30 training
+    # sequences (benchmarks/tune_refine.py): J 0.845 -> 0.857, F 0.846 -> 0.853 against 256 and
+    # 128 (28 sequences better, 2 worse); the window keeps the cost of the old whole-frame solve
+    # (bear at 480p: refine 0.056 against 0.068 s a frame).
+    refine_size: int = 512
+    refine_lambda: float = 512.0
+    refine_crop: bool = True
     # Temporal prior: an object is expected within ``prior_radius`` grid cells of where it was in
     # the previous frame, moved along the optical flow (``prior_flow``, engine.motion); elsewhere
     # its probability is scaled by ``prior_floor`` (1.0 disables). The k-NN votes are sharp (a
@@ -76,10 +84,6 @@ class SessionConfig:
     # with no margin the gate lost bus (J 0.893 -> 0.712) on the cross-validation; with 4, the
     # folds 0-3 score J 0.841 / F 0.837 against 0.833 / 0.832 without any gate.
     gate_margin: int = 4
-    # Bank of an annotated frame: every cell within ``bank_near`` grid cells of an object, and the
-    # fraction ``bank_far`` (1: all) of the background cells beyond, evenly spread.
-    bank_near: int = 8
-    bank_far: float = 1.0
     # Identities of several objects (engine.propagation, ``_apply_identity``): the objects' share
     # of a cell is redistributed by how much of it each held in the previous frame (moved along the
     # flow), to the power ``identity_power`` (0: off); ``identity_floor`` keeps a cell that no

@@ -17,14 +17,17 @@ from engine.memory import PixelSet
 from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid
 from engine.runtime import OnnxEmbedding, inference_copy, resolve_runtime
 
+MAX_ENLARGE = 2.0  # a frame is enlarged at most this much (a tiny video gains nothing from more)
+
 
 def processing_size(height: int, width: int, max_size: int, min_size: int = 0) -> tuple[int, int]:
     """The (h, w) the network sees, multiples of 32: longer side ``max_size`` at most, and a smaller
-    frame enlarged until its longer side is ``min_size`` (0: never enlarged)."""
+    frame enlarged towards a longer side of ``min_size`` (0: never enlarged), at most ``MAX_ENLARGE``
+    times."""
     longer = max(height, width)
     scale = min(1.0, max_size / longer)
     if min_size and longer < min_size:
-        scale = min(max_size, min_size) / longer
+        scale = min(min(max_size, min_size) / longer, MAX_ENLARGE)
     return (
         max(ALIGN, round(height * scale / ALIGN) * ALIGN),
         max(ALIGN, round(width * scale / ALIGN) * ALIGN),

@@ -62,8 +62,7 @@ class Propagator:
             # The memory's pixels were labelled before this mask was known: where the mask corrects
             # a drift, or names an object the memory took for background, they would outvote it.
             self.memory.clear()
-        keep = self._bank_cells(fractions, grid)
-        self.bank.add(PixelSet(pixels.keys[keep], pixels.coords[keep], labels[keep]), permanent=introduces)
+        self.bank.add(PixelSet(pixels.keys, pixels.coords, labels), permanent=introduces)
         self._previous = fractions
         return given
 
@@ -129,24 +128,6 @@ class Propagator:
         if self._projection is None:
             return pixels
         return PixelSet(pixels.keys @ self._projection, pixels.coords, pixels.labels)
-
-    def _bank_cells(self, fractions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Indices of an annotated frame's cells that join the bank: every cell within
-        ``bank_near`` cells of an object, and a fixed, evenly spread ``bank_far`` fraction of the
-        background beyond (far background matters only to tell distant look-alike stuff apart,
-        and retrieval cost is linear in the bank)."""
-        cells = torch.arange(grid[0] * grid[1], device=fractions.device)
-        if self.config.bank_far >= 1.0:
-            return cells
-        r = self.config.bank_near
-        objects = (fractions[1:].sum(dim=0) > 0).float()[None, None]
-        near = F.max_pool2d(objects, 2 * r + 1, stride=1, padding=r).reshape(-1) > 0
-        step = max(1, round(1.0 / max(self.config.bank_far, 1e-6)))
-        # Even spread over the grid: every step-th far cell in raster order, offset per row so the
-        # kept cells form a lattice rather than columns.
-        rows = cells // grid[1]
-        spread = ((cells + rows * (step // 2 + 1)) % step) == 0
-        return cells[near | spread]
 
     def _bank(self) -> PixelSet:
         parts = [p for p in (self.bank.pixels(), self.memory.pixels()) if p is not None]

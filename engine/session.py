@@ -69,7 +69,7 @@ class VideoSession:
         # host once, as the ids the outputs need.
         if refiner is None:
             params = BilateralParams(max_side=self.config.refine_size or None, lam=self.config.refine_lambda)
-            refiner = make_refiner(self.config.refine, self.device, params)
+            refiner = make_refiner(self.config.refine, self.device, params, crop=self.config.refine_crop)
         self.refiner = refiner
         self.profile = profile
         self.frame_index = 0

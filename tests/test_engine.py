@@ -268,7 +268,7 @@ def test_session_rejects_bad_frames_and_masks(tiny_model):
 
 
 def test_online_memory_fills_and_stays_bounded_in_a_session(tiny_model):
-    config = SessionConfig(memory_size=300, memory_per_frame=100, memory_threshold=0.5)
+    config = SessionConfig(memory_size=300, memory_per_frame=100, memory_threshold=0.5, min_size=0)
     session = VideoSession(tiny_model, config)
     frame, mask = square_frame(32, 32)
     session.step(frame, mask)

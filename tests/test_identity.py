@@ -1,5 +1,5 @@
-"""Several objects: identities held by the previous frame; the bank's cells; small clips enlarged;
-the refinement settings; and the compositing that builds the multi-object dev clips."""
+"""Several objects: identities held by the previous frame; small clips enlarged; the refinement
+settings and its window; and the compositing that builds the multi-object dev clips."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine.bilateral_params import BilateralParams
 from engine.config import SessionConfig
 from engine.embedder import processing_size
-from engine.memory import PixelSet
 from engine.propagation import Propagator
 from trainer.composite import Path, cut_out, paste
 
@@ -66,6 +66,7 @@ def test_small_frames_are_enlarged_only_when_asked():
     assert processing_size(240, 432, 768, min_size=768) == (416, 768)
     assert processing_size(480, 854, 768, min_size=768) == (416, 768)  # a large frame is only reduced
     assert processing_size(240, 432, 640, min_size=768) == (352, 640)  # never past max_size
+    assert processing_size(96, 128, 768, min_size=640) == (192, 256)  # at most twice the size
 
 
 def test_paste_in_front_hides_the_host_and_behind_does_not():
@@ -105,27 +106,48 @@ def test_cut_out_and_path():
     assert a == Path.random(np.random.default_rng(1), (0.0, 0.0), 1.0)
 
 
-def test_bank_keeps_the_cells_near_objects_and_a_spread_fraction_of_the_rest():
-    fractions = torch.zeros(2, 20, 24)
-    fractions[0] = 1.0
-    fractions[1, 8:12, 10:14] = 1.0
-    fractions[0, 8:12, 10:14] = 0.0
-    everything = propagator()._bank_cells(fractions, (20, 24))
-    assert len(everything) == 20 * 24
-    cells = propagator(bank_far=0.25, bank_near=2)._bank_cells(fractions, (20, 24))
-    kept = torch.zeros(20 * 24, dtype=torch.bool)
-    kept[cells] = True
-    kept = kept.reshape(20, 24)
-    assert kept[6:14, 8:16].all()  # the object and a ring of 2 cells around it
-    far = torch.ones(20, 24, dtype=torch.bool)
-    far[6:14, 8:16] = False
-    assert 0.2 < kept[far].float().mean() < 0.3
-    assert kept[:, :12][far[:, :12]].any() and kept[:, 12:][far[:, 12:]].any()  # spread, not one side
-
-
 def test_refinement_settings_reach_the_solver(tiny_model):
     from engine.session import VideoSession
 
     session = VideoSession(tiny_model, SessionConfig(refine_size=512, refine_lambda=512.0))
     assert session.refiner.params.max_side == 512 and session.refiner.params.lam == 512.0
     assert VideoSession(tiny_model, SessionConfig(refine_size=0)).refiner.params.max_side is None
+
+
+def test_the_uncertain_window_is_the_unsure_pixels_box_widened():
+    from engine.bilateral import uncertain_window
+
+    confidence = np.ones((50, 80), np.float32)
+    assert uncertain_window(confidence, 5) is None
+    confidence[20:25, 30:40] = 0.3
+    assert uncertain_window(confidence, 5) == (slice(15, 30), slice(25, 45))
+    confidence[48, 78] = 0.0
+    assert uncertain_window(confidence, 5) == (slice(15, 50), slice(25, 80))  # clipped to the frame
+
+
+def test_the_windowed_refinement_matches_the_whole_frame_one_inside_and_keeps_the_rest():
+    from engine.bilateral import BilateralRefiner
+
+    rng = np.random.default_rng(0)
+    frame = np.zeros((120, 200, 3), np.uint8)
+    frame[30:80, 60:130] = 200  # a bright square object
+    frame = np.clip(frame.astype(int) + rng.integers(0, 10, frame.shape), 0, 255).astype(np.uint8)
+    target = np.zeros((120, 200), np.float32)
+    target[30:80, 60:130] = 1.0
+    soft = cv2_blur(target)
+    probs = np.stack([1 - soft, soft]).astype(np.float32)
+    params = BilateralParams(max_side=None)
+    whole = BilateralRefiner(params)(frame, probs)
+    windowed = BilateralRefiner(params, crop=True)(frame, probs)
+    assert np.array_equal(windowed[:, :, 180:], probs[:, :, 180:])  # far from the object: untouched
+    assert np.mean(whole.argmax(0) != windowed.argmax(0)) < 0.002
+    assert np.mean(windowed.argmax(0) != target) < np.mean(probs.argmax(0) != target)  # and it refines
+    confident = np.stack([1 - target, target])
+    assert np.array_equal(BilateralRefiner(params, crop=True)(frame, confident), confident)  # nothing to do
+
+
+def cv2_blur(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    small = cv2.resize(mask, (mask.shape[1] // 8, mask.shape[0] // 8), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)

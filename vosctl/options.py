@@ -77,9 +77,10 @@ PresetOption = Annotated[
     Preset | None,
     typer.Option(
         "--preset",
-        help="fast: max side 512, 2.5x the default's speed on 2 CPU cores (6.9 vs 2.7 fps at 480p), "
-        "J about 3 points lower; balanced: the defaults (max side 768); accurate: max side 896, "
-        "1.9 fps (README, Speed). Options given beside it win.",
+        help="fast: max side 512 and the coarser refinement, 2.5x the default's speed on 2 CPU cores "
+        "(6.9 vs 2.7 fps at 480p), J about 3 points lower; balanced: the defaults (max side 768, "
+        "refinement at 512); accurate: max side 896 and refinement at 640, about 1.9 fps "
+        "(README, Results). Options given beside it win.",
     ),
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
