@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cross_validate import CV_ROOT, FOLDS, fold_model, parse_value  # noqa: E402
-from engine.bilateral import BilateralParams, BilateralRefiner  # noqa: E402
+from engine.bilateral_params import BilateralParams  # noqa: E402
+from engine.bilateral_refiner import BilateralRefiner  # noqa: E402
 from engine.datasets import read_annotation, read_split, sequence_annotations, sequence_frames  # noqa: E402
 from engine.factory import build_model  # noqa: E402
 from engine.metrics import f_measure, jaccard  # noqa: E402

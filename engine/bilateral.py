@@ -32,8 +32,6 @@ The parameters, the constants of the system and the input checks are shared with
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import cv2
 import numpy as np
 import scipy.sparse as sp
@@ -51,7 +49,7 @@ from engine.bilateral_params import (
 )
 from engine.errors import VosError
 
-__all__ = ["BilateralGrid", "BilateralParams", "BilateralRefiner", "refine_probabilities"]
+__all__ = ["BilateralGrid", "BilateralParams", "refine_probabilities"]
 
 
 def _resize(stack: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
@@ -325,80 +323,3 @@ def refine_probabilities(
     total[0][empty] = 1.0
     refined /= total
     return refined
-
-
-def top_two_margin(probs: np.ndarray) -> np.ndarray:
-    """(K + 1, H, W) -> (H, W): largest minus second-largest channel (the largest itself for K = 0).
-
-    One elementwise pass per channel; ``np.partition`` along the outer axis is ~8x slower at 480p.
-    """
-    first = probs[0].copy()
-    second = np.zeros_like(first)
-    for channel in probs[1:]:
-        np.maximum(second, np.minimum(first, channel), out=second)
-        np.maximum(first, channel, out=first)
-    return first - second
-
-
-def uncertain_window(confidence: np.ndarray, margin: int, level: float = 0.98) -> tuple[slice, slice] | None:
-    """The bounding box of the pixels whose ``confidence`` is below ``level``, widened by ``margin``
-    pixels and clipped to the frame; None when every pixel is confident."""
-    rows = np.flatnonzero((confidence < level).any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero((confidence[rows[0] : rows[-1] + 1] < level).any(axis=0))
-    height, width = confidence.shape
-    return (
-        slice(max(0, rows[0] - margin), min(height, rows[-1] + 1 + margin)),
-        slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)),
-    )
-
-
-class BilateralRefiner:
-    """The ``refiner`` of :class:`engine.session.VideoSession`: ``refiner(frame, probs) -> probs``.
-
-    The confidence of a pixel is its margin between the two most likely channels (|2p - 1| for
-    one object), so that the uncertain band around a boundary is filled in from the colour edges.
-
-    ``crop``: the solver sees only the window around the uncertain pixels (plus three spatial
-    sigmas of confident context) at the resolution it would give the whole frame, and the
-    confident pixels outside it keep their probabilities (where the confidence is near 1 the
-    solution is the input). The cost then follows the uncertain area, not the frame.
-    """
-
-    def __init__(self, params: BilateralParams | None = None, *, crop: bool = False) -> None:
-        self.params = params or BilateralParams()
-        self.crop = crop
-
-    def __call__(self, frame: np.ndarray, probs):
-        """frame (H, W, 3) uint8 RGB; probs (K+1, H, W) numpy array or CPU torch tensor, same type back."""
-        is_tensor = not isinstance(probs, np.ndarray) and hasattr(probs, "numpy")
-        array = probs.numpy() if is_tensor else np.asarray(probs)
-        confidence = top_two_margin(array)
-        refined = self._refine(frame, array, confidence)
-        if is_tensor:
-            import torch  # only when the caller already works with torch
-
-            return torch.from_numpy(refined)
-        return refined
-
-    def _refine(self, frame: np.ndarray, probs: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-        if not self.crop:
-            return refine_probabilities(frame, probs, confidence, self.params)
-        check_probabilities(probs.shape, getattr(frame, "shape", None))
-        height, width = confidence.shape
-        window = uncertain_window(confidence, int(3 * self.params.sigma_spatial))
-        if window is None:
-            return probs.astype(np.float32, copy=True)
-        ys, xs = window
-        side = max(ys.stop - ys.start, xs.stop - xs.start)
-        if side < 8 or (ys.stop - ys.start) * (xs.stop - xs.start) > 0.8 * height * width:
-            return refine_probabilities(frame, probs, confidence, self.params)
-        params = self.params
-        if params.max_side is not None:  # the working resolution of the whole frame, on the window
-            params = replace(params, max_side=max(8, round(params.max_side * side / max(height, width))))
-        out = probs.astype(np.float32, copy=True)
-        out[:, ys, xs] = refine_probabilities(
-            np.ascontiguousarray(frame[ys, xs]), np.ascontiguousarray(probs[:, ys, xs]), confidence[ys, xs], params
-        )
-        return out

@@ -349,7 +349,8 @@ def refine_probabilities(reference, probs: torch.Tensor, confidence, params: Bil
 
 
 def top_two_margin(probs: torch.Tensor) -> torch.Tensor:
-    """(K + 1, H, W) -> (H, W): largest minus second-largest channel, as :func:`engine.bilateral.top_two_margin`."""
+    """(K + 1, H, W) -> (H, W): largest minus second-largest channel, as
+    :func:`engine.bilateral_refiner.top_two_margin`."""
     first = probs[0].clone()
     second = torch.zeros_like(first)
     for channel in probs[1:]:
@@ -359,7 +360,8 @@ def top_two_margin(probs: torch.Tensor) -> torch.Tensor:
 
 
 class TorchBilateralRefiner:
-    """:class:`engine.bilateral.BilateralRefiner` on the probabilities' device: ``refiner(frame, probs) -> probs``.
+    """:class:`engine.bilateral_refiner.BilateralRefiner` on the probabilities' device:
+    ``refiner(frame, probs) -> probs``.
 
     ``frame`` is an (H, W, 3) uint8 RGB numpy array or tensor (any device), ``probs`` a (K+1, H, W)
     tensor; the result is float32 on the device of ``probs``. Confidence is the top-two margin.

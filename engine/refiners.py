@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.bilateral import BilateralParams, BilateralRefiner
+from engine.bilateral_params import BilateralParams
+from engine.bilateral_refiner import BilateralRefiner
 from engine.config import REFINERS
 from engine.errors import VosError
 

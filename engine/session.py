@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.bilateral import BilateralParams, BilateralRefiner
+from engine.bilateral_params import BilateralParams
+from engine.bilateral_refiner import BilateralRefiner
 from engine.config import ALIGN, REFINERS, SessionConfig, preset_settings
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError

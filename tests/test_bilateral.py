@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
-from engine.bilateral import BilateralGrid, BilateralParams, BilateralRefiner, refine_probabilities, top_two_margin
+from engine.bilateral import BilateralGrid, BilateralParams, refine_probabilities
+from engine.bilateral_refiner import BilateralRefiner, top_two_margin
 from engine.errors import VosError
 
 H, W = 48, 64

@@ -9,7 +9,8 @@ import torch
 
 from engine import bilateral as nb
 from engine import bilateral_torch as tb
-from engine.bilateral import BilateralParams, BilateralRefiner
+from engine.bilateral_params import BilateralParams
+from engine.bilateral_refiner import BilateralRefiner, top_two_margin
 from engine.bilateral_torch import TorchBilateralGrid, TorchBilateralRefiner
 from engine.errors import VosError
 from engine.refiners import make_refiner
@@ -208,7 +209,7 @@ def test_bad_inputs_raise_as_in_numpy() -> None:
 
 def test_top_two_margin_matches_numpy() -> None:
     probs = np.random.default_rng(0).random((4, 9, 11)).astype(np.float32)
-    np.testing.assert_array_equal(tb.top_two_margin(torch.from_numpy(probs)).numpy(), nb.top_two_margin(probs))
+    np.testing.assert_array_equal(tb.top_two_margin(torch.from_numpy(probs)).numpy(), top_two_margin(probs))
 
 
 def test_make_refiner_picks_the_solver_of_the_device() -> None:

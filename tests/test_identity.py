@@ -115,7 +115,7 @@ def test_refinement_settings_reach_the_solver(tiny_model):
 
 
 def test_the_uncertain_window_is_the_unsure_pixels_box_widened():
-    from engine.bilateral import uncertain_window
+    from engine.bilateral_refiner import uncertain_window
 
     confidence = np.ones((50, 80), np.float32)
     assert uncertain_window(confidence, 5) is None
@@ -126,7 +126,7 @@ def test_the_uncertain_window_is_the_unsure_pixels_box_widened():
 
 
 def test_the_windowed_refinement_matches_the_whole_frame_one_inside_and_keeps_the_rest():
-    from engine.bilateral import BilateralRefiner
+    from engine.bilateral_refiner import BilateralRefiner
 
     rng = np.random.default_rng(0)
     frame = np.zeros((120, 200, 3), np.uint8)
