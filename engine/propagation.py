@@ -147,6 +147,10 @@ class Propagator:
             previous = torch.cat([previous, previous.new_zeros(missing, *grid)])
         return warp_back(previous, flow) if flow is not None else previous
 
+    def _lost(self, moved: torch.Tensor) -> torch.Tensor:
+        """(K,) bool: the objects whose highest probability in ``moved`` is below ``prior_lost``."""
+        return moved[1:].amax(dim=(1, 2)) < self.config.prior_lost
+
     def _reach(self, moved: torch.Tensor | None) -> torch.Tensor | None:
         """(gh * gw, K) in [0, 1]: how near each object was in the previous frame (``moved``),
         widened by ``prior_radius``; 1 everywhere for an object that was lost (a zero channel, an
@@ -155,8 +159,7 @@ class Propagator:
             return None
         r = self.config.prior_radius
         near = F.max_pool2d(moved[None, 1:], 2 * r + 1, stride=1, padding=r)[0]  # (K, gh, gw)
-        lost = moved[1:].amax(dim=(1, 2)) < self.config.prior_lost
-        near[lost] = 1.0
+        near[self._lost(moved)] = 1.0
         return near.reshape(len(near), -1).T
 
     def _apply_prior(self, probs: torch.Tensor, reach: torch.Tensor | None) -> torch.Tensor:
@@ -181,7 +184,7 @@ class Propagator:
         if moved is None or power <= 0 or self.registry.num_slots < 3:
             return probs
         held = moved[1:].reshape(len(moved) - 1, -1).T.clamp_min(0)  # (M, K)
-        lost = held.amax(dim=0) < self.config.prior_lost
+        lost = self._lost(moved)
         delta = self.config.identity_floor
         share = (held + delta) / (held.sum(dim=1, keepdim=True) + delta * held.shape[1])
         share[:, lost] = share.amax(dim=1, keepdim=True).expand(-1, int(lost.sum()))  # a lost object may be anywhere
@@ -194,13 +197,13 @@ class Propagator:
     def _remember(self, pixels: PixelSet, probs: torch.Tensor, region: torch.Tensor | None) -> None:
         """Confident retrieved pixels of this frame join the online memory (at most ``memory_per_frame``)."""
         confidence, labels = probs.max(dim=1)
-        cells = torch.arange(len(probs), device=probs.device)
         if region is not None:
-            confidence, labels, cells = confidence[region], labels[region], region
+            confidence, labels = confidence[region], labels[region]
+            keys, coords = pixels.keys[region], pixels.coords[region]
+        else:
+            keys, coords = pixels.keys, pixels.coords
         chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
-        budget = self.config.memory_per_frame
-        if len(chosen) > budget:
-            pick = torch.randperm(len(chosen), generator=self._generator)[:budget]
+        if len(chosen) > self.config.memory_per_frame:
+            pick = torch.randperm(len(chosen), generator=self._generator)[: self.config.memory_per_frame]
             chosen = chosen[pick.to(chosen.device)]
-        picked = cells[chosen]
-        self.memory.add(PixelSet(pixels.keys[picked], pixels.coords[picked], labels[chosen]))
+        self.memory.add(PixelSet(keys[chosen], coords[chosen], labels[chosen]))
