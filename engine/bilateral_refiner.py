@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from engine.bilateral import refine_probabilities
-from engine.bilateral_params import BilateralParams, check_probabilities
+from engine.bilateral_params import _MIN_SIDE, BilateralParams, check_probabilities
 
 __all__ = ["BilateralRefiner", "top_two_margin", "uncertain_window"]
 
@@ -78,11 +78,11 @@ class BilateralRefiner:
             return probs.astype(np.float32, copy=True)
         ys, xs = window
         side = max(ys.stop - ys.start, xs.stop - xs.start)
-        if side < 8 or (ys.stop - ys.start) * (xs.stop - xs.start) > 0.8 * height * width:
+        if side < _MIN_SIDE or (ys.stop - ys.start) * (xs.stop - xs.start) > 0.8 * height * width:
             return refine_probabilities(frame, probs, confidence, self.params)
         params = self.params
         if params.max_side is not None:  # the working resolution of the whole frame, on the window
-            params = replace(params, max_side=max(8, round(params.max_side * side / max(height, width))))
+            params = replace(params, max_side=max(_MIN_SIDE, round(params.max_side * side / max(height, width))))
         out = probs.astype(np.float32, copy=True)
         out[:, ys, xs] = refine_probabilities(
             np.ascontiguousarray(frame[ys, xs]), np.ascontiguousarray(probs[:, ys, xs]), confidence[ys, xs], params
