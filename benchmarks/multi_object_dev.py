@@ -98,9 +98,9 @@ def _layer(
 
 def make_clip(data: Path, host: str, donor: str, rng: np.random.Generator) -> tuple[list, list, dict]:
     """One clip: host object 1, its look-alike 2, the donor's object 3."""
-    images, masks = _load(data, host, FRAMES)
-    hx, hy, hw, hh = _box(masks[0])
     host_src = _load(data, host, 10_000)
+    images, masks = host_src[0][:FRAMES], host_src[1][:FRAMES]
+    hx, hy, hw, hh = _box(masks[0])
     donor_src = _load(data, donor, 10_000)
     for _ in range(50):
         ids = [m.astype(np.uint8) for m in masks]
