@@ -498,6 +498,20 @@ def test_key_frames_run_the_network_on_every_nth_frame_and_carry_the_others(tiny
         SessionConfig(keyframe_interval=0)
 
 
+def retrieved_on_next_step(session, frame) -> int:
+    """Step ``session`` on ``frame`` -> how many grid cells its retrieval was asked to label."""
+    import engine.propagation as propagation
+
+    seen: list[int] = []
+    real = propagation.knn_probabilities
+    propagation.knn_probabilities = lambda query, *a: seen.append(len(query)) or real(query, *a)
+    try:
+        session.step(frame)
+    finally:
+        propagation.knn_probabilities = real
+    return seen[0]
+
+
 def test_prior_gate_retrieves_only_where_an_object_can_be(tiny_model):
     rng = np.random.default_rng(4)
     frame = rng.integers(0, 255, size=(128, 128, 3), dtype=np.uint8)
@@ -510,18 +524,7 @@ def test_prior_gate_retrieves_only_where_an_object_can_be(tiny_model):
         )
         session = VideoSession(tiny_model, config)
         session.step(frame, mask)
-        queried = []
-        import engine.propagation as propagation
-
-        real = propagation.knn_probabilities
-        propagation.knn_probabilities = lambda query, *a, real=real, seen=queried: (
-            seen.append(len(query)) or real(query, *a)
-        )
-        try:
-            session.step(frame)
-        finally:
-            propagation.knn_probabilities = real
-        results[gate] = (queried[0], session.propagator._previous)
+        results[gate] = (retrieved_on_next_step(session, frame), session.propagator._previous)
     (all_cells, ungated), (some_cells, gated) = results[False], results[True]
     assert all_cells == 16 * 16 and some_cells < 16 * 16 // 4  # only cells near the object's last place
     assert torch.all(gated[0, 8:, 8:] == 1.0)  # out of reach: background
@@ -534,22 +537,11 @@ def test_gate_margin_retrieves_a_band_beyond_the_priors_reach(tiny_model):
     mask = np.zeros((128, 128), dtype=np.uint8)
     mask[8:24, 8:24] = 1
     counts = {}
-    import engine.propagation as propagation
-
     for margin in (0, 2):
         config = SessionConfig(refine="none", gate_margin=margin, prior_radius=1, prior_flow=False, max_size=128)
         session = VideoSession(tiny_model, config)
         session.step(frame, mask)
-        seen: list[int] = []
-        real = propagation.knn_probabilities
-        propagation.knn_probabilities = lambda query, *a, real=real, seen=seen: (
-            seen.append(len(query)) or real(query, *a)
-        )
-        try:
-            session.step(frame)
-        finally:
-            propagation.knn_probabilities = real
-        counts[margin] = seen[0]
+        counts[margin] = retrieved_on_next_step(session, frame)
     assert counts[0] < counts[2] < 16 * 16
     with pytest.raises(VosError):
         SessionConfig(gate_margin=-1)
