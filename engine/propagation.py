@@ -79,7 +79,6 @@ class Propagator:
 
         ``remember=False`` keeps this frame's pixels out of the online memory (a frame about to be
         given a mask: its prediction is what the mask corrects)."""
-        pixels = self._project(pixels)
         moved = self._moved_previous(grid, flow)  # (K + 1, gh, gw) or None
         reach = self._reach(moved)  # (M, K) or None
         num_slots = self.registry.num_slots
@@ -92,19 +91,20 @@ class Propagator:
             region = torch.nonzero(inside.reshape(-1) > 0).squeeze(1)
             if len(region) == len(pixels):
                 region = None
+        # Cells no object can reach are background; only the others are retrieved (and projected).
+        query = pixels if region is None else PixelSet(pixels.keys[region], pixels.coords[region], pixels.labels)
+        query = self._project(query)
         if region is None:
-            probs, _ = knn_probabilities(pixels, self._bank(), num_slots, self.config.retrieval)
+            probs, _ = knn_probabilities(query, self._bank(), num_slots, self.config.retrieval)
         else:
-            # Cells no object can reach are background; only the others are retrieved.
             probs = torch.zeros(len(pixels), num_slots, device=self.device)
             probs[:, 0] = 1.0
             if len(region):
-                query = PixelSet(pixels.keys[region], pixels.coords[region], pixels.labels)
                 probs[region], _ = knn_probabilities(query, self._bank(), num_slots, self.config.retrieval)
         probs = self._apply_prior(probs, reach)
         probs = self._apply_identity(probs, moved)
         if self.config.online and remember:
-            self._remember(pixels, probs, region)
+            self._remember(query, probs if region is None else probs[region])
         grid_probs = probs.T.reshape(num_slots, *grid).float()
         self._previous = grid_probs
         return grid_probs
@@ -194,16 +194,12 @@ class Propagator:
         objects = weighted * (mass / weighted.sum(dim=1, keepdim=True).clamp_min(1e-12))
         return torch.cat([probs[:, :1], objects], dim=1)
 
-    def _remember(self, pixels: PixelSet, probs: torch.Tensor, region: torch.Tensor | None) -> None:
-        """Confident retrieved pixels of this frame join the online memory (at most ``memory_per_frame``)."""
+    def _remember(self, query: PixelSet, probs: torch.Tensor) -> None:
+        """Confident retrieved pixels of this frame (``query``, their ``probs``) join the online
+        memory (at most ``memory_per_frame``)."""
         confidence, labels = probs.max(dim=1)
-        if region is not None:
-            confidence, labels = confidence[region], labels[region]
-            keys, coords = pixels.keys[region], pixels.coords[region]
-        else:
-            keys, coords = pixels.keys, pixels.coords
         chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
         if len(chosen) > self.config.memory_per_frame:
             pick = torch.randperm(len(chosen), generator=self._generator)[: self.config.memory_per_frame]
             chosen = chosen[pick.to(chosen.device)]
-        self.memory.add(PixelSet(keys[chosen], coords[chosen], labels[chosen]))
+        self.memory.add(PixelSet(query.keys[chosen], query.coords[chosen], labels[chosen]))

@@ -463,22 +463,6 @@ def test_temporal_prior_follows_the_flow(tiny_model):
     assert session.timings["flow"] > 0
 
 
-def test_projection_keeps_retrieval_close_to_the_full_embedding(tiny_model):
-    """Projected onto the first frame's principal directions, the keys shrink and labels barely change."""
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
-    mask = np.zeros((64, 96), np.uint8)
-    mask[16:48, 24:72] = 1
-    full = VideoSession(tiny_model, SessionConfig(refine="none", online=False))
-    small = VideoSession(tiny_model, SessionConfig(refine="none", online=False, project_dim=12))
-    for session in (full, small):
-        session.step(frame, mask)
-    assert small.bank.pixels().keys.shape[1] == 12 < full.bank.pixels().keys.shape[1]
-    moved = np.roll(frame, 3, axis=1)
-    agree = (full.to_ids(full.step(moved)) == small.to_ids(small.step(moved))).mean()
-    assert agree > 0.9
-
-
 def test_key_frames_run_the_network_on_every_nth_frame_and_carry_the_others(tiny_model):
     rng = np.random.default_rng(3)
     frame = rng.integers(0, 255, size=(64, 96, 3), dtype=np.uint8)
