@@ -25,8 +25,8 @@ def test_projection_keeps_retrieval_close_to_the_full_embedding(tiny_model):
 
 
 def test_only_the_gated_cells_are_projected_and_the_memory_keeps_projected_keys(tiny_model, monkeypatch):
-    """With the gate, the cells no object can reach are never projected (the projection costs as
-    much as retrieval's product per cell); what joins the memory has the bank's width."""
+    """With the gate, the cells no object can reach are never projected (they are not retrieved,
+    so projecting them is wasted work); what joins the memory has the bank's width."""
     frame = np.full((96, 128, 3), 40, np.uint8)
     frame[24:56, 16:48] = (220, 60, 30)
     mask = np.zeros((96, 128), np.uint8)
