@@ -30,7 +30,12 @@ class Propagator:
         self.memory = OnlineMemory(config.memory_size if config.online else 0)
         self._generator = torch.Generator().manual_seed(0)
         self._previous: torch.Tensor | None = None  # (K + 1, gh, gw) grid probabilities of the last frame
-        self._projection: torch.Tensor | None = None  # (D, project_dim), fitted on the first reference
+        # Keys projected to ``project_dim`` (engine.config): the bank keeps the keys as the model
+        # gives them, so the directions can be refitted when a frame introduces an object.
+        self._gram: torch.Tensor | None = None  # (D, D) float64 sum of k k^T over the introducing frames
+        self._gram_pixels = 0  # how many keys that sum holds
+        self._projection: torch.Tensor | None = None  # (D, project_dim)
+        self._projected: tuple[PixelSet, PixelSet] | None = None  # (the bank's pixels, projected)
         self._flow = GridFlow() if config.prior_flow and config.prior_floor < 1.0 else None
 
     def motion(self, small: np.ndarray, grid: tuple[int, int]) -> torch.Tensor | None:
@@ -57,7 +62,8 @@ class Propagator:
         for slot in range(1, self.registry.num_slots):
             if fractions[slot].amax() > 0 and not (labels == slot).any():  # thinner than a cell: its best cell
                 labels[fractions[slot].reshape(-1).argmax()] = slot
-        pixels = self._project(pixels, fit=True)
+        if introduces:
+            self._fit_projection(pixels.keys)
         if self.started:
             # The memory's pixels were labelled before this mask was known: where the mask corrects
             # a drift, or names an object the memory took for background, they would outvote it.
@@ -118,22 +124,45 @@ class Propagator:
         return self._previous
 
     # ---- parts -----------------------------------------------------------------------------------
-    def _project(self, pixels: PixelSet, *, fit: bool = False) -> PixelSet:
+    def _fit_projection(self, keys: torch.Tensor) -> None:
+        """Refit the projection with the keys of a frame that introduced an object (N, D).
+
+        The directions are the top eigenvectors of the summed k k^T of every such frame (their
+        right singular vectors): dot products of projected unit vectors stay close to the cosines,
+        which is all retrieval uses, for every object's own frame, not only the first one's. Only
+        a frame that introduced an object refits, and each one empties the online memory (its
+        keys were projected with the old directions), so the bank and the memory never mix two
+        projections. With fewer pixels seen than ``project_dim`` the fit has too few directions:
+        no projection.
+        """
         dim = self.config.project_dim
-        if fit and self._projection is None and dim and dim < pixels.keys.shape[1]:
-            # Right singular vectors of the first frame's keys: dot products of projected unit
-            # vectors stay close to the cosines, which is all retrieval uses.
-            _, _, vh = torch.linalg.svd(pixels.keys.float(), full_matrices=False)
-            self._projection = vh[:dim].T.to(pixels.keys.dtype).contiguous()
+        if not dim or dim >= keys.shape[1]:
+            return
+        k = keys.double()
+        self._gram = k.T @ k if self._gram is None else self._gram + k.T @ k
+        self._gram_pixels += len(keys)
+        if self._gram_pixels < dim:
+            return
+        _, vectors = torch.linalg.eigh(self._gram)  # ascending eigenvalues
+        self._projection = vectors[:, -dim:].flip(1).to(keys.dtype).contiguous()
+        self._projected = None
+
+    def _project(self, pixels: PixelSet) -> PixelSet:
         if self._projection is None:
             return pixels
         return PixelSet(pixels.keys @ self._projection, pixels.coords, pixels.labels)
 
     def _bank(self) -> PixelSet:
-        parts = [p for p in (self.bank.pixels(), self.memory.pixels()) if p is not None]
-        if not parts:
+        """The bank (projected, cached until the bank or the projection changes) and the memory."""
+        bank = self.bank.pixels()
+        if bank is None:
             raise VosError("The first frame needs a mask: the session has no reference yet.")
-        return PixelSet.concat(parts) if len(parts) > 1 else parts[0]
+        if self._projection is not None:
+            if self._projected is None or self._projected[0] is not bank:
+                self._projected = (bank, self._project(bank))
+            bank = self._projected[1]
+        memory = self.memory.pixels()
+        return bank if memory is None else PixelSet.concat([bank, memory])
 
     def _moved_previous(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
         """(K + 1, gh, gw): the previous frame's probabilities moved along the flow; None when there
