@@ -63,14 +63,15 @@ class SessionConfig:
     prior_floor: float = 0.01
     prior_flow: bool = True
     prior_lost: float = 0.5
-    # Keys projected onto the first frame's top principal directions (only the cells the gate
-    # retrieves are projected): retrieval's product is linear in the dimension. The shipped model's
-    # keys have 600 (128 learned, 472 untrained). Five-fold cross-validation over the 30 training
-    # sequences, J / F: 600 0.858 / 0.853, 256 0.859 / 0.858 (18 sequences better, 12 worse), 192
-    # 0.853 / 0.850, 128 0.848 / 0.848; bear at 480p, interleaved: 0.53 -> 0.43 s a frame at 256.
-    # Not the default yet: the directions are fitted on the first annotated frame only, so an object
-    # first given on a later frame is poorly represented (tests/test_later_masks.py fails with it).
-    project_dim: int | None = None  # None or 0: the keys as the model gives them
+    # Keys projected onto the top principal directions of the frames that introduced objects
+    # (refitted on each such frame; only the cells the gate retrieves are projected): retrieval's
+    # product is linear in the dimension. The shipped model's keys have 600 (128 learned, 472
+    # untrained). Five-fold cross-validation over the 30 training sequences, J / F: 600 0.858 /
+    # 0.853, 256 0.859 / 0.858 (18 sequences better, 12 worse), 192 0.853 / 0.850, 128 0.848 /
+    # 0.848; bear at 480p, interleaved: 0.53 -> 0.43 s a frame at 256. An object first given on a
+    # later frame (half of a training object, 432x240, 4 sequences): its J 0.360 with the first
+    # frame's directions only, 0.461 refitted, 0.480 with all 600. README, Speed (ninth round).
+    project_dim: int | None = 256  # None or 0: the keys as the model gives them
     # Reduced precision where the hardware runs it natively (engine.devices.reduced_precision):
     # float16 on CUDA, bfloat16 on CPUs with AVX512-BF16/AMX; float32 elsewhere or when False.
     half: bool = True
