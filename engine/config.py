@@ -70,7 +70,7 @@ class SessionConfig:
     # 0.853, 256 0.859 / 0.858 (18 sequences better, 12 worse), 192 0.853 / 0.850, 128 0.848 /
     # 0.848; bear at 480p, interleaved: 0.53 -> 0.43 s a frame at 256. An object first given on a
     # later frame (half of a training object, 432x240, 4 sequences): its J 0.360 with the first
-    # frame's directions only, 0.461 refitted, 0.480 with all 600. README, Speed (ninth round).
+    # frame's directions only, 0.461 refitted, 0.480 with all 600. README, Projected keys are the default (ninth round).
     project_dim: int | None = 256  # None or 0: the keys as the model gives them
     # Reduced precision where the hardware runs it natively (engine.devices.reduced_precision):
     # float16 on CUDA, bfloat16 on CPUs with AVX512-BF16/AMX; float32 elsewhere or when False.

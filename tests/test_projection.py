@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.memory import PixelSet
 from engine.propagation import Propagator
 from engine.session import SessionConfig, VideoSession
 
@@ -57,8 +58,6 @@ def test_only_the_gated_cells_are_projected_and_the_memory_keeps_projected_keys(
 def _frame(rng, objects: dict[int, int], dim: int = 8, side: int = 8):
     """Unit keys on a side x side grid: the background along axis 0, object ``o`` (rows o*2 and
     o*2 + 1 of the grid) along axis ``objects[o]``, all with a little noise; and its id mask."""
-    from engine.memory import PixelSet
-
     mask = np.zeros((side, side), np.uint8)
     keys = torch.zeros(side * side, dim)
     keys[:, 0] = 1.0
