@@ -11,6 +11,8 @@ so every sequence is scored by a model that never saw it.
     python benchmarks/cross_validate.py eval --set prior_flow=true --threads 1
     python benchmarks/cross_validate.py eval --model imagenet         # the untrained features
     python benchmarks/cross_validate.py eval --fold-models 'runs/gpu/ft-{fold}.pt'   # other fold models
+    python benchmarks/cross_validate.py train-refiner --fold f1   # the learned refiner without f1
+    python benchmarks/cross_validate.py eval --set 'refiner_file=runs/cv/{fold}/refiner.pt'   # refined by it
 
 ``eval`` prints J and F per fold and over the 30 sequences (the mean over sequences, as DAVIS
 reports), for the default session settings or the ``--set`` overrides. Fold models live in
@@ -73,6 +75,17 @@ def train(fold: str, data: Path, threads: int, seed: int) -> None:
     subprocess.run(cmd, check=True)
 
 
+def train_refiner(fold: str, data: Path, threads: int, seed: int) -> None:
+    """The learned boundary refiner (vosctl train-refiner, its default recipe) without the fold's
+    sequences, in runs/cv/FOLD/refiner.pt (or runs/cv/FOLD-sN for another seed)."""
+    out = RUNS / (fold if seed == 0 else f"{fold}-s{seed}")
+    cmd = [
+        sys.executable, "-m", "vosctl", "train-refiner", "--data", str(data), "--sequences",
+        str(RUNS / f"{fold}-train.txt"), "--out", str(out), "--threads", str(threads), "--seed", str(seed),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+
+
 def fold_model(fold: str, pattern: str | None = None) -> Path:
     if pattern:
         return Path(pattern.format(fold=fold))
@@ -98,7 +111,9 @@ def evaluate(overrides: dict, folds: list[str], out: Path, model_spec: str | Non
     start = time.time()
     for fold in folds:
         model = model_spec or str(fold_model(fold, pattern))
-        summary = evaluate_model(data=CV_ROOT, split=fold, out=out / fold, model_spec=model, overrides=overrides)
+        # "{fold}" in a setting's text names the fold: a refiner trained without it (refiner_file).
+        fold_overrides = {k: v.format(fold=fold) if isinstance(v, str) else v for k, v in overrides.items()}
+        summary = evaluate_model(data=CV_ROOT, split=fold, out=out / fold, model_spec=model, overrides=fold_overrides)
         for seq, scores in summary["sequences"].items():
             per_sequence[seq] = (scores["J_mean"], scores["F_mean"])
         print(f"{fold}: J {summary['J_mean']:.3f} F {summary['F_mean']:.3f}", flush=True)
@@ -118,6 +133,11 @@ def main() -> None:
     tr.add_argument("--data", type=Path, default=DEFAULT_DATA)
     tr.add_argument("--threads", type=int, default=1)
     tr.add_argument("--seed", type=int, default=0, help="Another seed trains into runs/cv/FOLD-sSEED.")
+    tref = sub.add_parser("train-refiner")
+    tref.add_argument("--fold", choices=sorted(FOLDS), required=True)
+    tref.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    tref.add_argument("--threads", type=int, default=1)
+    tref.add_argument("--seed", type=int, default=0)
     ev = sub.add_parser("eval")
     ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
     ev.add_argument("--folds", default=",".join(FOLDS))
@@ -131,6 +151,8 @@ def main() -> None:
         make_splits(args.data)
     elif args.command == "train":
         train(args.fold, args.data, args.threads, args.seed)
+    elif args.command == "train-refiner":
+        train_refiner(args.fold, args.data, args.threads, args.seed)
     else:
         import torch
 

@@ -11,7 +11,10 @@ run per setting.
 
 A variant is NAME=SETTINGS, the settings being comma-separated bilateral parameters
 (engine.bilateral_params.BilateralParams) and ``crop=true`` (the solver on the uncertain window only,
-engine.bilateral.BilateralRefiner), or ``none`` for no refinement. Prints J and F of each
+engine.bilateral.BilateralRefiner), or ``none`` for no refinement, or ``learned:PATH`` for a learned
+refiner file (engine.mask_refiner; ``{fold}`` in PATH is the fold's name, so each fold is refined by
+the refiner that never saw it), optionally followed by ``+`` and bilateral settings to run the
+solver after it. Prints J and F of each
 variant per fold and over all scored sequences, and per sequence in a JSON line.
 """
 
@@ -37,15 +40,31 @@ from engine.bilateral_params import BilateralParams  # noqa: E402
 from engine.bilateral_refiner import BilateralRefiner  # noqa: E402
 from engine.datasets import read_annotation, read_split, sequence_annotations, sequence_frames  # noqa: E402
 from engine.factory import build_model  # noqa: E402
+from engine.mask_refiner import LearnedRefiner, load_refiner  # noqa: E402
 from engine.metrics import f_measure, jaccard  # noqa: E402
 from engine.session import VideoSession, channel_argmax, session_config_for  # noqa: E402
 from vosctl.eval_run import fingerprint  # noqa: E402
 
 
 def parse_variant(text: str):
+    """NAME=SETTINGS -> (NAME, refiner factory of the fold name)."""
     name, _, settings = text.partition("=")
+    if not settings.startswith("learned:"):
+        refiner = bilateral_variant(settings)
+        return name, lambda fold: refiner
+    path, _, after = settings.removeprefix("learned:").partition("+")
+    then = bilateral_variant(after) if after else None
+
+    def factory(fold: str):
+        learned = LearnedRefiner(load_refiner(path.format(fold=fold)))
+        return learned if then is None else (lambda frame, p: then(frame, learned(frame, p)))
+
+    return name, factory
+
+
+def bilateral_variant(settings: str):
     if settings.strip() == "none":
-        return name, None
+        return None
     names = {f.name for f in fields(BilateralParams)}
     values, crop = {}, False
     for item in filter(None, settings.split(",")):
@@ -56,7 +75,7 @@ def parse_variant(text: str):
         if key not in names:
             raise SystemExit(f"Unknown bilateral parameter '{key}'; choose from {', '.join(sorted(names))}.")
         values[key] = parse_value(value)
-    return name, BilateralRefiner(BilateralParams(**values), crop=crop)
+    return BilateralRefiner(BilateralParams(**values), crop=crop)
 
 
 def coarse_sequence(
@@ -111,9 +130,10 @@ def main() -> None:
         model = build_model(str(fold_model(fold)), "cpu")
         config = session_config_for(model, **overrides)
         stamp = fingerprint(str(fold_model(fold)), config)
+        refiners = {name: factory(fold) for name, factory in variants.items()}
         for seq in read_split(CV_ROOT, fold):
             frames, probs, truths = coarse_sequence(model, config, seq, ROOT / "runs" / "coarse-cache" / stamp)
-            for name, refiner in variants.items():
+            for name, refiner in refiners.items():
                 per_seq[name][seq] = score(frames, probs, truths, refiner)
             print(f"{fold} {seq:20s} " + "  ".join(f"{n} {v[seq][0]:.3f}/{v[seq][1]:.3f}" for n, v in per_seq.items()),
                   flush=True)  # fmt: skip

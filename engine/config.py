@@ -8,7 +8,7 @@ from engine.errors import VosError
 from engine.retrieval import RetrievalConfig
 from engine.runtime import RUNTIMES
 
-REFINERS = ("none", "bilateral")
+REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # Named trades of speed for accuracy (README, Speed): settings over the defaults, under the
 # caller's own options. "balanced" is the defaults themselves.
 PRESETS: dict[str, dict[str, object]] = {
@@ -39,7 +39,10 @@ class SessionConfig:
     memory_size: int = 1024  # pixels in the online memory (8 frames of 128)
     memory_threshold: float = 0.95  # a pixel joins the memory when its top probability reaches this
     memory_per_frame: int = 128  # at most this many pixels join per frame
+    # "bilateral": the bilateral solver; "learned": the learned boundary refiner (engine.mask_refiner,
+    # ``refiner_file`` or the shipped one); "learned+bilateral": the learned refiner, then the solver.
     refine: str = "bilateral"
+    refiner_file: str | None = None  # a refiner file from `vosctl train-refiner`; None: the shipped one
     # The bilateral solver's working resolution (longer side, 0: the frame's own) and smoothness
     # weight (engine.bilateral_params.BilateralParams ``max_side`` and ``lam``), solved only on the
     # window around the uncertain pixels (``refine_crop``, the CPU solver) at the resolution

@@ -2,28 +2,73 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from engine.bilateral_params import BilateralParams
 from engine.bilateral_refiner import BilateralRefiner
 from engine.config import REFINERS
 from engine.errors import VosError
+from engine.mask_refiner import SHIPPED_REFINER, LearnedRefiner, RefinerNet, load_refiner
 
-__all__ = ["make_refiner"]
+__all__ = ["RefinerChain", "learned_refiner", "make_refiner"]
 
 
-def make_refiner(name: str, device: torch.device | str, params: BilateralParams | None = None, *, crop: bool = False):
+class RefinerChain:
+    """Refiners applied one after the other: ``chain(frame, probs) -> probs``."""
+
+    def __init__(self, stages: list) -> None:
+        self.stages = stages
+
+    def __call__(self, frame, probs):
+        for stage in self.stages:
+            probs = stage(frame, probs)
+        return probs
+
+
+_LEARNED: dict[tuple[str, str], RefinerNet] = {}  # (file, device) -> net, loaded once per process
+
+
+def learned_refiner(path: str | None, device: torch.device | str) -> LearnedRefiner:
+    """The learned refiner of a file (None: the shipped one) on ``device``; the network is read once
+    per process and shared (it keeps no state between frames)."""
+    key = (str(Path(path).resolve()) if path else str(SHIPPED_REFINER), str(torch.device(device)))
+    if key not in _LEARNED:
+        _LEARNED[key] = load_refiner(key[0], device)
+    return LearnedRefiner(_LEARNED[key])
+
+
+def make_refiner(
+    name: str,
+    device: torch.device | str,
+    params: BilateralParams | None = None,
+    *,
+    crop: bool = False,
+    refiner_file: str | None = None,
+):
     """``refiner(frame, probs) -> probs`` for :attr:`SessionConfig.refine` ``name``, or None for "none".
 
     "bilateral" is the numpy/scipy solver on a CPU device (the faster one there) and the torch solver
     on CUDA or MPS, which keeps the probabilities on the device; both solve the same system.
     ``crop`` (the numpy solver on the uncertain window only) has no effect on the torch solver.
+    "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one);
+    "learned+bilateral" runs the solver after it.
     """
     key = name.strip().lower()
     if key not in REFINERS:
         raise VosError(f"Unknown refiner '{name}'; use one of {', '.join(REFINERS)}.")
     if key == "none":
         return None
+    stages = []
+    if key.startswith("learned"):
+        stages.append(learned_refiner(refiner_file, device))
+    if key.endswith("bilateral"):
+        stages.append(_bilateral(device, params, crop))
+    return stages[0] if len(stages) == 1 else RefinerChain(stages)
+
+
+def _bilateral(device: torch.device | str, params: BilateralParams | None, crop: bool):
     if torch.device(device).type == "cpu":
         return BilateralRefiner(params, crop=crop)
     from engine.bilateral_torch import TorchBilateralRefiner

@@ -70,7 +70,13 @@ class VideoSession:
         # host once, as the ids the outputs need.
         if refiner is None:
             params = BilateralParams(max_side=self.config.refine_size or None, lam=self.config.refine_lambda)
-            refiner = make_refiner(self.config.refine, self.device, params, crop=self.config.refine_crop)
+            refiner = make_refiner(
+                self.config.refine,
+                self.device,
+                params,
+                crop=self.config.refine_crop,
+                refiner_file=self.config.refiner_file,
+            )
         self.refiner = refiner
         self.profile = profile
         self.frame_index = 0
@@ -211,7 +217,7 @@ class VideoSession:
 
     def _for_refiner(self, probs: torch.Tensor) -> torch.Tensor:
         """Probabilities where the refiner works: the device for the torch solver, else the CPU."""
-        if self.refiner is None or isinstance(self.refiner, BilateralRefiner):
+        if self.refiner is None or self.device.type == "cpu" or isinstance(self.refiner, BilateralRefiner):
             return probs.cpu()
         return probs
 

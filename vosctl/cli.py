@@ -12,6 +12,7 @@ from vosctl.commands.batch import batch  # noqa: E402
 from vosctl.commands.eval import eval_app  # noqa: E402
 from vosctl.commands.segment import segment  # noqa: E402
 from vosctl.commands.train import train  # noqa: E402
+from vosctl.commands.train_refiner import train_refiner  # noqa: E402
 
 app = typer.Typer(
     name="vosctl",
@@ -24,8 +25,10 @@ app.command("segment")(segment)
 app.command("batch")(batch)
 app.add_typer(eval_app, name="eval")
 app.command("train")(train)
+app.command("train-refiner")(train_refiner)
 
 
 @app.callback()
 def main() -> None:
-    """Segment videos (`segment`, `batch` for whole folders), score on DAVIS (`eval`), train the embedding (`train`)."""
+    """Segment videos (`segment`, `batch` for whole folders), score on DAVIS (`eval`), train (`train`,
+    `train-refiner`)."""

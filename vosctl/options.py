@@ -13,6 +13,8 @@ from vosctl.annotations import Direction
 
 class Refine(str, Enum):
     bilateral = "bilateral"
+    learned = "learned"
+    learned_bilateral = "learned+bilateral"
     none = "none"
 
 

@@ -1,0 +1,187 @@
+"""The learned boundary refiner: its network and file, the session refiner, and its training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.bilateral_refiner import BilateralRefiner
+from engine.errors import VosError
+from engine.mask_refiner import (
+    LearnedRefiner,
+    RefinerConfig,
+    aggregate,
+    build_refiner_net,
+    load_refiner,
+    save_refiner,
+)
+from engine.refiners import RefinerChain, make_refiner
+from engine.session import SessionConfig, VideoSession
+from tests.test_trainer import make_davis
+from trainer.refiner_train import RefinerTrainSettings, make_batch, simulate_coarse, train_refiner
+
+TINY = RefinerConfig(encoder="tiny", width=8, fine=4)
+
+
+def tiny_net(seed: int = 1):
+    torch.manual_seed(seed)
+    net = build_refiner_net(TINY)
+    for p in net.coarse.parameters():  # non-zero head, so a refined window differs from its input
+        torch.nn.init.normal_(p, std=0.3)
+    return net.eval()
+
+
+def two_object_probs(height: int = 40, width: int = 96) -> torch.Tensor:
+    """(3, H, W): background and two squares side by side in the left half, soft at their edges."""
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    left = torch.sigmoid((10 - (xx - 16).abs().maximum((yy - 20).abs())).float())
+    right = torch.sigmoid((8 - (xx - 40).abs().maximum((yy - 20).abs())).float())
+    objects = torch.stack([left, right]) * 0.999
+    return aggregate(objects)
+
+
+def test_aggregate_sums_to_one_and_is_exact_for_one_object():
+    p = torch.rand(1, 5, 7)
+    single = aggregate(p)
+    assert torch.allclose(single[1], p) and torch.allclose(single[0], 1 - p)
+    several = aggregate(torch.rand(3, 5, 7))
+    assert torch.allclose(several.sum(0), torch.ones(5, 7), atol=1e-6)
+    assert (several >= 0).all()
+
+
+def test_file_round_trip_gives_the_same_refinement(tmp_path):
+    net = tiny_net()
+    path = tmp_path / "refiner.pt"
+    save_refiner(net, path)
+    loaded = load_refiner(path)
+    image, logits = torch.rand(2, 3, 32, 48) * 255, torch.randn(2, 1, 32, 48)
+    with torch.no_grad():
+        assert torch.allclose(net(image, logits).half().float(), loaded(image, logits), atol=5e-2)
+        assert loaded(image, logits).shape == (2, 1, 32, 48)
+    # The encoder is rebuilt from its package, never stored.
+    assert not any(k.startswith("encoder.") for k in torch.load(path, weights_only=True)["head"])
+
+
+def test_foreign_and_mismatched_files_are_refused(tmp_path):
+    with pytest.raises(VosError, match="does not exist"):
+        load_refiner(tmp_path / "missing.pt")
+    torch.save({"format": "something else"}, tmp_path / "foreign.pt")
+    with pytest.raises(VosError, match="not a vosctl refiner file"):
+        load_refiner(tmp_path / "foreign.pt")
+    save_refiner(tiny_net(), tmp_path / "small.pt")
+    payload = torch.load(tmp_path / "small.pt", weights_only=True)
+    payload["config"]["width"] = 12  # the stored head no longer fits the config
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(VosError, match="do not fit"):
+        load_refiner(tmp_path / "bad.pt")
+
+
+def test_confident_pixels_keep_their_probabilities_and_the_window_is_refined():
+    refiner = LearnedRefiner(tiny_net(), margin=2)
+    frame = (np.random.default_rng(0).random((40, 96, 3)) * 255).astype(np.uint8)
+    probs = two_object_probs()
+    out = refiner(frame, probs)
+    assert out.shape == probs.shape and torch.allclose(out.sum(0), torch.ones(40, 96), atol=1e-5)
+    margin = probs.sort(0).values
+    unsure = (margin[-1] - margin[-2]) < 0.98
+    ys, xs = torch.nonzero(unsure, as_tuple=True)
+    outside = torch.ones_like(unsure)
+    outside[max(0, int(ys.min()) - 2) : int(ys.max()) + 3, max(0, int(xs.min()) - 2) : int(xs.max()) + 3] = False
+    assert outside.any() and torch.equal(out[:, outside], probs[:, outside].float())
+    assert not torch.allclose(out[:, unsure], probs[:, unsure], atol=1e-3)
+    # numpy in, numpy out; an all-confident frame comes back unchanged
+    as_numpy = refiner(frame, probs.numpy())
+    assert isinstance(as_numpy, np.ndarray) and np.allclose(as_numpy, out.numpy(), atol=1e-6)
+    hard = torch.zeros(3, 40, 96)
+    hard[0] = 1
+    assert torch.equal(refiner(frame, hard), hard)
+
+
+def test_a_larger_frame_is_refined_at_the_working_size():
+    refiner = LearnedRefiner(tiny_net(), margin=2, work_size=32)
+    frame = np.zeros((80, 192, 3), np.uint8)
+    probs = torch.nn.functional.interpolate(two_object_probs()[None], size=(80, 192), mode="bilinear")[0]
+    assert refiner(frame, probs).shape == (3, 80, 192)
+    with pytest.raises(VosError, match="same height and width"):
+        refiner(frame[:40], probs)
+
+
+def test_make_refiner_builds_the_learned_chain_from_a_file(tmp_path):
+    path = tmp_path / "refiner.pt"
+    save_refiner(tiny_net(), path)
+    learned = make_refiner("learned", "cpu", refiner_file=str(path))
+    assert isinstance(learned, LearnedRefiner)
+    chain = make_refiner("learned+bilateral", "cpu", refiner_file=str(path), crop=True)
+    assert isinstance(chain, RefinerChain)
+    assert [type(s) for s in chain.stages] == [LearnedRefiner, BilateralRefiner]
+    assert chain.stages[0].net is learned.net  # read once per process
+
+
+def test_a_session_refines_with_the_configured_refiner_file(tmp_path, tiny_model):
+    path = tmp_path / "refiner.pt"
+    save_refiner(tiny_net(), path)
+    frames = (np.random.default_rng(1).random((3, 48, 64, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 12:40] = 1
+    results = {}
+    for refine in ("none", "learned"):
+        config = SessionConfig(max_size=64, refine=refine, refiner_file=str(path), half=False)
+        session = VideoSession(tiny_model, config)
+        session.step(frames[0], mask)
+        results[refine] = [session.step(f) for f in frames[1:]]
+    assert isinstance(VideoSession(tiny_model, config).refiner, LearnedRefiner)
+    assert any(not torch.allclose(a, b) for a, b in zip(results["none"], results["learned"], strict=True))
+    with pytest.raises(VosError, match="Unknown refinement"):
+        SessionConfig(refine="learned+guided")
+
+
+def test_simulated_coarse_input_is_a_blurred_approximation_of_the_mask():
+    mask = torch.zeros(96, 96)
+    mask[20:70, 30:60] = 1
+    rng = np.random.default_rng(0)
+    coarse = simulate_coarse(mask, rng)
+    assert coarse.shape == mask.shape and coarse.min() >= 0 and coarse.max() <= 1
+    iou = ((coarse > 0.5) & (mask > 0)).sum() / ((coarse > 0.5) | (mask > 0)).sum()
+    assert 0.6 < float(iou) < 1.0  # close to the mask, never exactly it
+    assert ((coarse > 0.02) & (coarse < 0.98)).any()
+
+
+def test_batches_are_a_function_of_seed_and_step(tmp_path):
+    from trainer.refiner_train import load_frames
+
+    root = make_davis(tmp_path / "davis", frames=3, size=64)
+    frames = load_frames(root, ["a", "b"], every=1)
+    first = make_batch(frames, batch=2, crop=32, seed=3, step=5)
+    again = make_batch(frames, batch=2, crop=32, seed=3, step=5)
+    other = make_batch(frames, batch=2, crop=32, seed=3, step=6)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[1], other[1])
+    assert first[0].shape == (2, 3, 32, 32) and first[2].shape == (2, 1, 32, 32)
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_file(tmp_path):
+    root = make_davis(tmp_path / "davis", frames=3, size=64)
+    losses = []
+
+    def log(line: str) -> None:
+        if line.startswith("step"):
+            losses.append(float(line.split("loss ")[1].split()[0]))
+
+    settings = RefinerTrainSettings(
+        data=root, out=tmp_path / "out", steps=100, batch=4, crop=32, every=1, threads=1, config=TINY, lr=1e-2
+    )
+    path = train_refiner(settings=settings, log=log)
+    assert path.is_file() and isinstance(load_refiner(path), torch.nn.Module)
+    assert losses[-1] < losses[0]
+
+
+def test_cli_trains_a_refiner(tmp_path, run_cli):
+    root = make_davis(tmp_path / "davis", frames=3, size=64)
+    out = tmp_path / "out"
+    args = ["train-refiner", "--data", root, "--out", out, "--steps", "2", "--batch", "2", "--crop", "32"]
+    result = run_cli([*args, "--encoder", "tiny", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert (out / "refiner.pt").is_file() and "wrote" in result.output
+    bad = run_cli([*args, "--crop", "34", "--encoder", "tiny"])
+    assert bad.exit_code == 1 and "multiple of 4" in bad.output

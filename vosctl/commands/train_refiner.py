@@ -1,0 +1,66 @@
+"""``vosctl train-refiner``: parse, call :func:`trainer.refiner_train.train_refiner`, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine.errors import VosError
+from vosctl.commands.train import parse_sequence_list
+from vosctl.console import out, reported_errors
+from vosctl.options import DebugOption
+
+
+def train_refiner(
+    data: Annotated[
+        Path, typer.Option("--data", help="Training videos in the DAVIS layout (JPEGImages/, Annotations/).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for refiner.pt.")] = Path("runs/refiner"),
+    sequences: Annotated[
+        str | None, typer.Option("--sequences", help="Comma list or file of training sequences (default: all).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 1200,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Crops per step.")] = 8,
+    crop: Annotated[int, typer.Option("--crop", min=32, help="Side of a training crop (pixels of 480p frames).")] = 224,
+    every: Annotated[int, typer.Option("--every", min=1, help="Train on every N-th frame of each sequence.")] = 2,
+    encoder: Annotated[
+        str, typer.Option("--encoder", help="The frozen EfficientNet-Lite whose first layers the refiner reads.")
+    ] = "efficientnet_lite0",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads torch may use.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the samples are a function of it.")] = 0,
+    debug: DebugOption = False,
+) -> None:
+    """Train the learned boundary refiner (`--refine learned+bilateral`) on ground-truth masks.
+
+    It needs no embedding model: its inputs (coarse probabilities on the stride-8 grid) are
+    simulated from the masks. Use the file it writes with `--set refiner_file=PATH` in the
+    benchmarks, or in place of engine/weights/refiner.pt.
+    """
+    with reported_errors(debug):
+        from trainer.refiner_train import RefinerTrainSettings
+        from trainer.refiner_train import train_refiner as run
+
+        if crop % 4:
+            raise VosError("--crop must be a multiple of 4.")
+        settings = RefinerTrainSettings(
+            data=data,
+            out=out_dir,
+            sequences=parse_sequence_list(sequences),
+            steps=steps,
+            batch=batch,
+            crop=crop,
+            every=every,
+            threads=threads,
+            seed=seed,
+            config=_config(encoder),
+        )
+        path = run(settings=settings, log=out.print)
+        out.print(f"  wrote {path}")
+
+
+def _config(encoder: str):
+    from engine.mask_refiner import RefinerConfig
+
+    return RefinerConfig(encoder=encoder)
