@@ -1,7 +1,7 @@
 """vosctl against Cutie-small (random weights) on the same frames, in the same run, on the CPU.
 
     python benchmarks/bench_peer.py [--video examples/bear.mp4] [--mask examples/bear.png] [--frames N]
-                                    [--threads 2] [--max-size PX]
+                                    [--threads 2] [--max-size PX] [--preset P] [--full-precision]
 
 Needs the optional extra: ``pip install -e '.[peer]'`` (rf-cutie, hydra-core). Cutie is built from its
 own config (``eval_config`` with ``model=small``, as ``cutie.utils.get_default_model`` composes it) with
@@ -112,12 +112,12 @@ def cpu_flags() -> str:
 
 # ---- vosctl ------------------------------------------------------------------------------------
 def time_vosctl_engine(
-    frames: list[np.ndarray], mask: np.ndarray, max_size: int | None, preset: str | None
+    frames: list[np.ndarray], mask: np.ndarray, preset: str | None, settings: dict
 ) -> tuple[Timing, str]:
     """VideoSession over decoded frames; returns the timing and the size the network sees."""
     device = torch.device("cpu")
     model = build_model(None, device)
-    config = session_config_for(model, preset=preset, max_size=max_size)
+    config = session_config_for(model, preset=preset, **settings)
     session = VideoSession(model, config, device=device)
     cpu, start = time.process_time(), time.perf_counter()
     session.step(frames[0], mask)
@@ -128,7 +128,7 @@ def time_vosctl_engine(
     return Timing(len(frames), seconds, cpu), f"{w}x{h} (max_size {config.max_size}, half {config.half})"
 
 
-def time_vosctl_pipeline(video: Path, mask: Path, max_size: int | None, preset: str | None, workdir: Path) -> Timing:
+def time_vosctl_pipeline(video: Path, mask: Path, preset: str | None, settings: dict, workdir: Path) -> Timing:
     """``segment_file`` as ``vosctl segment CLIP --mask M --masks-dir DIR`` runs it: palette PNGs
     and the overlay video (on by default)."""
     device = torch.device("cpu")
@@ -138,7 +138,7 @@ def time_vosctl_pipeline(video: Path, mask: Path, max_size: int | None, preset: 
         video=video,
         mask=mask,
         model=model,
-        config=session_config_for(model, preset=preset, max_size=max_size),
+        config=session_config_for(model, preset=preset, **settings),
         device=device,
         output=workdir / "overlay.mp4",
         masks_dir=workdir / "masks",
@@ -224,6 +224,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both (default 2)")
     parser.add_argument("--max-size", type=int, default=None, help="vosctl's --max-size (default: the model's)")
     parser.add_argument("--preset", default=None, help="vosctl's --preset (default: balanced)")
+    parser.add_argument("--full-precision", action="store_true", help="vosctl in float32 (the reference), "
+                        "not bfloat16 where the CPU has it")  # fmt: skip
     return parser.parse_args()
 
 
@@ -237,14 +239,15 @@ def main() -> None:
     mask = fit_mask(read_mask(args.mask), height, width).ids
     print(f"frames {len(frames)} at {width}x{height}, {torch.get_num_threads()} threads, CPU flags: {cpu_flags()}")
 
-    vos_engine, vos_size = time_vosctl_engine(frames, mask, args.max_size, args.preset)
+    settings = {"max_size": args.max_size, "half": False if args.full_precision else None}
+    vos_engine, vos_size = time_vosctl_engine(frames, mask, args.preset, settings)
     with tempfile.TemporaryDirectory(prefix="bench_peer_") as tmp:
         workdir = Path(tmp)
         count, rate = video_length(args.video) if args.video.is_file() else (None, 24)
         video = args.video
         if args.frames is not None and (count is None or args.frames < count):
             video = truncated_copy(frames, rate, workdir / "first.mp4")
-        vos_e2e = time_vosctl_pipeline(video, args.mask, args.max_size, args.preset, workdir)
+        vos_e2e = time_vosctl_pipeline(video, args.mask, args.preset, settings, workdir)
     cutie, cutie_size = time_cutie(frames, mask)
 
     print(f"vosctl network input {vos_size}; Cutie-small internal size {cutie_size}")

@@ -95,6 +95,12 @@ def fold_model(fold: str, pattern: str | None = None) -> Path:
     return path
 
 
+def fold_settings(overrides: dict, fold: str) -> dict:
+    """Session settings for one fold: "{fold}" in a setting's text names it (a refiner file trained
+    without the fold's sequences, ``refiner_file=runs/cv/{fold}/refiner.pt``)."""
+    return {k: v.format(fold=fold) if isinstance(v, str) else v for k, v in overrides.items()}
+
+
 def parse_value(text: str):
     try:
         return json.loads(text)
@@ -111,9 +117,9 @@ def evaluate(overrides: dict, folds: list[str], out: Path, model_spec: str | Non
     start = time.time()
     for fold in folds:
         model = model_spec or str(fold_model(fold, pattern))
-        # "{fold}" in a setting's text names the fold: a refiner trained without it (refiner_file).
-        fold_overrides = {k: v.format(fold=fold) if isinstance(v, str) else v for k, v in overrides.items()}
-        summary = evaluate_model(data=CV_ROOT, split=fold, out=out / fold, model_spec=model, overrides=fold_overrides)
+        summary = evaluate_model(
+            data=CV_ROOT, split=fold, out=out / fold, model_spec=model, overrides=fold_settings(overrides, fold)
+        )
         for seq, scores in summary["sequences"].items():
             per_sequence[seq] = (scores["J_mean"], scores["F_mean"])
         print(f"{fold}: J {summary['J_mean']:.3f} F {summary['F_mean']:.3f}", flush=True)

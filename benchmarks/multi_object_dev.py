@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cross_validate import DEFAULT_DATA, FOLDS, fold_model, parse_value  # noqa: E402
+from benchmarks.cross_validate import DEFAULT_DATA, FOLDS, fold_model, fold_settings, parse_value  # noqa: E402
 from engine.datasets import read_annotation, read_split, sequence_annotations, sequence_frames  # noqa: E402
 from engine.metrics import f_measure, jaccard  # noqa: E402
 from trainer.composite import Path as Track  # noqa: E402
@@ -188,7 +188,7 @@ def evaluate(data: Path, overrides: dict, folds: list[str], pattern: str | None)
     per_clip: dict[str, dict[int, tuple[float, float]]] = {}
     for fold in folds:
         evaluate_model(data=data, split=f"m{fold}", out=out, model_spec=str(fold_model(fold, pattern)),
-                       overrides=dict(overrides))  # fmt: skip
+                       overrides=fold_settings(overrides, fold))  # fmt: skip
         for seq in read_split(data, f"m{fold}"):
             per_clip[seq] = score_objects(data, out, seq)
             objects = "  ".join(f"{i}: J {j:.3f} F {f:.3f}" for i, (j, f) in per_clip[seq].items())

@@ -13,8 +13,8 @@ A variant is NAME=SETTINGS, the settings being comma-separated bilateral paramet
 (engine.bilateral_params.BilateralParams) and ``crop=true`` (the solver on the uncertain window only,
 engine.bilateral.BilateralRefiner), or ``none`` for no refinement, or ``learned:PATH`` for a learned
 refiner file (engine.mask_refiner; ``{fold}`` in PATH is the fold's name, so each fold is refined by
-the refiner that never saw it), optionally followed by ``+`` and bilateral settings to run the
-solver after it. Prints J and F of each
+the refiner that never saw it; ``PATH@N`` works at longer side N), optionally followed by ``+`` and
+bilateral settings to run the solver after it. Prints J and F of each
 variant per fold and over all scored sequences, and per sequence in a JSON line.
 """
 
@@ -53,10 +53,11 @@ def parse_variant(text: str):
         refiner = bilateral_variant(settings)
         return name, lambda fold: refiner
     path, _, after = settings.removeprefix("learned:").partition("+")
+    path, _, work = path.partition("@")
     then = bilateral_variant(after) if after else None
 
     def factory(fold: str):
-        learned = LearnedRefiner(load_refiner(path.format(fold=fold)))
+        learned = LearnedRefiner(load_refiner(path.format(fold=fold)), **({"work_size": int(work)} if work else {}))
         return learned if then is None else (lambda frame, p: then(frame, learned(frame, p)))
 
     return name, factory

@@ -12,7 +12,7 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # Named trades of speed for accuracy (README, Speed): settings over the defaults, under the
 # caller's own options. "balanced" is the defaults themselves.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"max_size": 512, "gate_margin": 0, "refine_size": 256, "refine_lambda": 128.0},
+    "fast": {"max_size": 512, "gate_margin": 0},
     "balanced": {},
     "accurate": {"max_size": 896, "refine_size": 640},
 }
@@ -41,9 +41,15 @@ class SessionConfig:
     memory_per_frame: int = 128  # at most this many pixels join per frame
     # "bilateral": the bilateral solver; "learned": the learned boundary refiner (engine.mask_refiner,
     # ``refiner_file`` or the shipped one); "learned+bilateral": the learned refiner, then the solver.
-    refine: str = "bilateral"
+    # Five-fold cross-validation over the 30 training sequences, the same coarse probabilities
+    # refined both ways (benchmarks/tune_refine.py, fold refiners trained without the fold):
+    # learned+bilateral J 0.871 / F 0.863 against 0.858 / 0.858 for the solver alone (27 sequences
+    # better, 3 worse); multi-object dev clips 0.643 -> 0.659 mean J per object. The refinement
+    # thread absorbs its cost (bear at 480p: 0.140 against 0.146 s a frame). README, tenth round.
+    refine: str = "learned+bilateral"
     refiner_file: str | None = None  # a refiner file from `vosctl train-refiner`; None: the shipped one
-    # The bilateral solver's working resolution (longer side, 0: the frame's own) and smoothness
+    # The working resolution of the refiners (longer side, 0: the frame's own: the learned refiner's
+    # and the bilateral solver's) and the solver's smoothness
     # weight (engine.bilateral_params.BilateralParams ``max_side`` and ``lam``), solved only on the
     # window around the uncertain pixels (``refine_crop``, the CPU solver) at the resolution
     # ``refine_size`` gives the whole frame. Five-fold cross-validation over the 30 training

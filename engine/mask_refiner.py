@@ -7,8 +7,11 @@ filters) do not close that gap on their own. This refiner looks at the frame its
 layers of the backbone's ImageNet network (EfficientNet-Lite0's stem and blocks up to stride 4,
 frozen) give edge and texture features at strides 2 and 4, and a small trained head turns each
 object's coarse logit and those features into a residual on the logit at stride 2 (then bilinear
-to the frame). It runs only on the window around the uncertain pixels, at the frame's own
-resolution up to ``work_size``; the confident pixels outside keep their probabilities.
+to the frame). It runs only on the window around the uncertain pixels, at the resolution that would
+make the frame's longer side ``work_size`` (never enlarged); the confident pixels outside keep
+their probabilities. On fold 0 of the cross-validation (then the bilateral solver at 512) a working
+size of 512 scored as well as the full 854 pixels (J&F 0.845 against 0.843; 384: 0.842) for a
+third of the cost.
 
 Several objects: the head refines each object against everything else (a batch of K), and the K
 refined probabilities are merged with the background (:func:`aggregate`).
@@ -166,7 +169,7 @@ class LearnedRefiner:
     would be ``work_size``; the pixels outside keep their probabilities.
     """
 
-    def __init__(self, net: RefinerNet, *, work_size: int = 864, margin: int = 24, level: float = 0.98) -> None:
+    def __init__(self, net: RefinerNet, *, work_size: int = 512, margin: int = 24, level: float = 0.98) -> None:
         self.net = net.eval()
         self.work_size = work_size
         self.margin = margin
@@ -183,13 +186,13 @@ class LearnedRefiner:
         window = uncertain_window(top_two_margin(out.cpu().numpy()), self.margin, self.level)
         if window is not None and out.shape[0] > 1:
             ys, xs = window
-            out[:, ys, xs] = self._refine_window(frame[ys, xs], out[:, ys, xs])
+            scale = min(1.0, self.work_size / max(frame.shape[:2])) if self.work_size else 1.0
+            out[:, ys, xs] = self._refine_window(frame[ys, xs], out[:, ys, xs], scale)
         return out.numpy() if is_numpy else out
 
-    def _refine_window(self, crop: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
-        """crop (h, w, 3) uint8, probs (K + 1, h, w) -> refined (K + 1, h, w)."""
+    def _refine_window(self, crop: np.ndarray, probs: torch.Tensor, scale: float) -> torch.Tensor:
+        """crop (h, w, 3) uint8, probs (K + 1, h, w) -> refined (K + 1, h, w), worked at ``scale``."""
         h, w = crop.shape[:2]
-        scale = min(1.0, self.work_size / max(h, w)) if self.work_size else 1.0
         # The encoder halves twice: a working size of multiples of 4.
         wh, ww = max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4)
         device = next(self.net.coarse.parameters()).device

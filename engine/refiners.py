@@ -30,13 +30,14 @@ class RefinerChain:
 _LEARNED: dict[tuple[str, str], RefinerNet] = {}  # (file, device) -> net, loaded once per process
 
 
-def learned_refiner(path: str | None, device: torch.device | str) -> LearnedRefiner:
-    """The learned refiner of a file (None: the shipped one) on ``device``; the network is read once
-    per process and shared (it keeps no state between frames)."""
+def learned_refiner(path: str | None, device: torch.device | str, work_size: int | None = None) -> LearnedRefiner:
+    """The learned refiner of a file (None: the shipped one) on ``device``, working at longer side
+    ``work_size`` (None: its default, 0: the frame's own size); the network is read once per
+    process and shared (it keeps no state between frames)."""
     key = (str(Path(path).resolve()) if path else str(SHIPPED_REFINER), str(torch.device(device)))
     if key not in _LEARNED:
         _LEARNED[key] = load_refiner(key[0], device)
-    return LearnedRefiner(_LEARNED[key])
+    return LearnedRefiner(_LEARNED[key], **({"work_size": work_size} if work_size is not None else {}))
 
 
 def make_refiner(
@@ -52,8 +53,8 @@ def make_refiner(
     "bilateral" is the numpy/scipy solver on a CPU device (the faster one there) and the torch solver
     on CUDA or MPS, which keeps the probabilities on the device; both solve the same system.
     ``crop`` (the numpy solver on the uncertain window only) has no effect on the torch solver.
-    "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one);
-    "learned+bilateral" runs the solver after it.
+    "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one), at the
+    solver's working resolution (``params.max_side``); "learned+bilateral" runs the solver after it.
     """
     key = name.strip().lower()
     if key not in REFINERS:
@@ -62,7 +63,8 @@ def make_refiner(
         return None
     stages = []
     if key.startswith("learned"):
-        stages.append(learned_refiner(refiner_file, device))
+        work_size = (params.max_side or 0) if params is not None else None  # 0: the frame's own size
+        stages.append(learned_refiner(refiner_file, device, work_size))
     if key.endswith("bilateral"):
         stages.append(_bilateral(device, params, crop))
     return stages[0] if len(stages) == 1 else RefinerChain(stages)

@@ -109,9 +109,14 @@ def test_cut_out_and_path():
 def test_refinement_settings_reach_the_solver(tiny_model):
     from engine.session import VideoSession
 
-    session = VideoSession(tiny_model, SessionConfig(refine_size=512, refine_lambda=512.0))
+    session = VideoSession(tiny_model, SessionConfig(refine="bilateral", refine_size=512, refine_lambda=512.0))
     assert session.refiner.params.max_side == 512 and session.refiner.params.lam == 512.0
-    assert VideoSession(tiny_model, SessionConfig(refine_size=0)).refiner.params.max_side is None
+    full = VideoSession(tiny_model, SessionConfig(refine="bilateral", refine_size=0))
+    assert full.refiner.params.max_side is None
+    # The default chain: the learned refiner works at the solver's resolution (0: the frame's own).
+    learned, solver = VideoSession(tiny_model, SessionConfig(refine_size=384)).refiner.stages
+    assert learned.work_size == 384 and solver.params.max_side == 384
+    assert VideoSession(tiny_model, SessionConfig(refine_size=0)).refiner.stages[0].work_size == 0
 
 
 def test_the_uncertain_window_is_the_unsure_pixels_box_widened():
