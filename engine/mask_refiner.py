@@ -197,9 +197,10 @@ class LearnedRefiner:
         wh, ww = max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4)
         device = next(self.net.coarse.parameters()).device
         image = torch.from_numpy(np.ascontiguousarray(crop)).to(device).permute(2, 0, 1)[None].float()
-        image = F.interpolate(image, size=(wh, ww), mode="bilinear", align_corners=False)
         objects = probs[1:].to(device)[:, None]  # (K, 1, h, w)
-        objects = F.interpolate(objects, size=(wh, ww), mode="bilinear", align_corners=False)
+        if (wh, ww) != (h, w):
+            image = F.interpolate(image, size=(wh, ww), mode="bilinear", align_corners=False)
+            objects = F.interpolate(objects, size=(wh, ww), mode="bilinear", align_corners=False)
         logits = torch.logit(objects.clamp(1e-6, 1 - 1e-6))
         f2, f4 = self.net.features(image)
         k = len(objects)

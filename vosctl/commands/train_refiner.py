@@ -39,6 +39,7 @@ def train_refiner(
     benchmarks, or in place of engine/weights/refiner.pt.
     """
     with reported_errors(debug):
+        from engine.mask_refiner import RefinerConfig
         from trainer.refiner_train import RefinerTrainSettings
         from trainer.refiner_train import train_refiner as run
 
@@ -54,13 +55,7 @@ def train_refiner(
             every=every,
             threads=threads,
             seed=seed,
-            config=_config(encoder),
+            config=RefinerConfig(encoder=encoder),
         )
         path = run(settings=settings, log=out.print)
         out.print(f"  wrote {path}")
-
-
-def _config(encoder: str):
-    from engine.mask_refiner import RefinerConfig
-
-    return RefinerConfig(encoder=encoder)
