@@ -27,16 +27,21 @@ class RefinerChain:
         return probs
 
 
-_LEARNED: dict[tuple[str, str], RefinerNet] = {}  # (file, device) -> net, loaded once per process
+_LEARNED: dict[tuple[str, int, str], RefinerNet] = {}  # (file, its mtime, device) -> net, read once
 
 
 def learned_refiner(path: str | None, device: torch.device | str, work_size: int | None = None) -> LearnedRefiner:
     """The learned refiner of a file (None: the shipped one) on ``device``, working at longer side
     ``work_size`` (None: its default, 0: the frame's own size); the network is read once per
-    process and shared (it keeps no state between frames)."""
-    key = (str(Path(path).resolve()) if path else str(SHIPPED_REFINER), str(torch.device(device)))
+    process and shared (it keeps no state between frames), again if the file is rewritten."""
+    file = Path(path).resolve() if path else SHIPPED_REFINER
+    try:
+        stamp = file.stat().st_mtime_ns
+    except OSError:
+        stamp = 0  # load_refiner says what is wrong with it
+    key = (str(file), stamp, str(torch.device(device)))
     if key not in _LEARNED:
-        _LEARNED[key] = load_refiner(key[0], device)
+        _LEARNED[key] = load_refiner(file, device)
     return LearnedRefiner(_LEARNED[key], **({"work_size": work_size} if work_size is not None else {}))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,9 @@ def test_make_refiner_builds_the_learned_chain_from_a_file(tmp_path):
     assert isinstance(chain, RefinerChain)
     assert [type(s) for s in chain.stages] == [LearnedRefiner, BilateralRefiner]
     assert chain.stages[0].net is learned.net  # read once per process
+    save_refiner(tiny_net(seed=2), path)  # rewritten: read again
+    os.utime(path, ns=(1, 1))
+    assert make_refiner("learned", "cpu", refiner_file=str(path)).net is not learned.net
 
 
 def test_a_session_refines_with_the_configured_refiner_file(tmp_path, tiny_model):
