@@ -8,7 +8,9 @@ layers of the backbone's ImageNet network (EfficientNet-Lite0's stem and blocks 
 frozen) give edge and texture features at strides 2 and 4, and a small trained head turns each
 object's coarse logit and those features into a residual on the logit at stride 2 (then bilinear
 to the frame). It runs only on the window around the uncertain pixels, at the resolution that would
-make the frame's longer side ``work_size`` (never enlarged); the confident pixels outside keep
+make the frame's longer side ``work_size`` (a smaller frame is enlarged, at most ``MAX_ENLARGE``
+times, towards the scale the refiner was trained at: on the 432x240 multi-object dev clips mean J
+per object 0.659 -> 0.661, 44 objects better and 9 worse); the confident pixels outside keep
 their probabilities. On fold 0 of the cross-validation (then the bilateral solver at 512) a working
 size of 512 scored as well as the full 854 pixels (J&F 0.845 against 0.843; 384: 0.842) for a
 third of the cost.
@@ -47,7 +49,8 @@ __all__ = [
 
 FORMAT = "vosctl-refiner"
 SHIPPED_REFINER = Path(__file__).parent / "weights" / "refiner.pt"
-LOGIT_CLAMP = 8.0  # coarse probabilities of exactly 0 or 1 become logits of +-8
+LOGIT_CLAMP = 8.0
+MAX_ENLARGE = 2.0  # coarse probabilities of exactly 0 or 1 become logits of +-8
 
 
 @dataclass(frozen=True)
@@ -165,8 +168,8 @@ class LearnedRefiner:
     """The ``refiner`` of :class:`engine.session.VideoSession`: ``refiner(frame, probs) -> probs``.
 
     Only the window around the pixels whose top-two margin is below ``level`` (plus ``margin``
-    pixels of context) is refined, at the frame's resolution, or scaled so the frame's longer side
-    would be ``work_size``; the pixels outside keep their probabilities.
+    pixels of context) is refined, scaled so the frame's longer side would be ``work_size`` (0: the
+    frame's own; enlarged at most ``MAX_ENLARGE`` times); the pixels outside keep their probabilities.
     """
 
     def __init__(self, net: RefinerNet, *, work_size: int = 512, margin: int = 24, level: float = 0.98) -> None:
@@ -186,7 +189,7 @@ class LearnedRefiner:
         window = uncertain_window(top_two_margin(out.cpu().numpy()), self.margin, self.level)
         if window is not None and out.shape[0] > 1:
             ys, xs = window
-            scale = min(1.0, self.work_size / max(frame.shape[:2])) if self.work_size else 1.0
+            scale = min(MAX_ENLARGE, self.work_size / max(frame.shape[:2])) if self.work_size else 1.0
             out[:, ys, xs] = self._refine_window(frame[ys, xs], out[:, ys, xs], scale)
         return out.numpy() if is_numpy else out
 

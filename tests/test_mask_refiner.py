@@ -109,6 +109,19 @@ def test_a_larger_frame_is_refined_at_the_working_size():
         refiner(frame[:40], probs)
 
 
+def test_a_small_frame_is_enlarged_towards_the_working_size_at_most_twice():
+    net = tiny_net()
+    seen = []
+    features = net.features
+    net.features = lambda image: seen.append(tuple(image.shape[-2:])) or features(image)
+    frame = np.zeros((40, 96, 3), np.uint8)
+    LearnedRefiner(net, margin=0, work_size=144)(frame, two_object_probs())
+    LearnedRefiner(net, margin=0, work_size=960)(frame, two_object_probs())
+    LearnedRefiner(net, margin=0, work_size=0)(frame, two_object_probs())
+    (h1, w1), (h2, w2), (h0, w0) = seen
+    assert abs(w1 / w0 - 1.5) < 0.1 and abs(w2 / w0 - 2.0) < 0.1 and abs(h2 / h0 - 2.0) < 0.2
+
+
 def test_make_refiner_builds_the_learned_chain_from_a_file(tmp_path):
     path = tmp_path / "refiner.pt"
     save_refiner(tiny_net(), path)
