@@ -40,8 +40,8 @@ from engine.bilateral_params import BilateralParams  # noqa: E402
 from engine.bilateral_refiner import BilateralRefiner  # noqa: E402
 from engine.datasets import read_annotation, read_split, sequence_annotations, sequence_frames  # noqa: E402
 from engine.factory import build_model  # noqa: E402
-from engine.mask_refiner import LearnedRefiner, load_refiner  # noqa: E402
 from engine.metrics import f_measure, jaccard  # noqa: E402
+from engine.refiners import RefinerChain, learned_refiner  # noqa: E402
 from engine.session import VideoSession, channel_argmax, session_config_for  # noqa: E402
 from vosctl.eval_run import fingerprint  # noqa: E402
 
@@ -57,8 +57,8 @@ def parse_variant(text: str):
     then = bilateral_variant(after) if after else None
 
     def factory(fold: str):
-        learned = LearnedRefiner(load_refiner(path.format(fold=fold)), **({"work_size": int(work)} if work else {}))
-        return learned if then is None else (lambda frame, p: then(frame, learned(frame, p)))
+        learned = learned_refiner(path.format(fold=fold), "cpu", int(work) if work else None)
+        return learned if then is None else RefinerChain([learned, then])
 
     return name, factory
 

@@ -49,8 +49,8 @@ __all__ = [
 
 FORMAT = "vosctl-refiner"
 SHIPPED_REFINER = Path(__file__).parent / "weights" / "refiner.pt"
-LOGIT_CLAMP = 8.0
-MAX_ENLARGE = 2.0  # coarse probabilities of exactly 0 or 1 become logits of +-8
+LOGIT_CLAMP = 8.0  # coarse probabilities of exactly 0 or 1 become logits of +-8
+MAX_ENLARGE = 2.0  # a frame smaller than the working size is enlarged at most this much
 
 
 @dataclass(frozen=True)
@@ -212,9 +212,14 @@ class LearnedRefiner:
         return aggregate(torch.sigmoid(refined[:, 0])).to(probs.device)
 
 
+def _head_state(net: RefinerNet) -> dict[str, torch.Tensor]:
+    """The trained weights: everything but the frozen encoder, which comes from its package."""
+    return {k: v for k, v in net.state_dict().items() if not k.startswith("encoder.")}
+
+
 def save_refiner(net: RefinerNet, path: str | Path) -> None:
     """Write the head's weights (half precision) and the config; the encoder comes from its package."""
-    head = {k: v.half() for k, v in net.state_dict().items() if not k.startswith("encoder.")}
+    head = {k: v.half() for k, v in _head_state(net).items()}
     atomic_save({"format": FORMAT, "config": asdict(net.config), "head": head}, Path(path))
 
 
@@ -233,7 +238,7 @@ def load_refiner(path: str | Path | None = None, device: str | torch.device = "c
     except TypeError as error:
         raise VosError(f"The refiner file {path} has unknown settings.") from error
     net = build_refiner_net(config)
-    own = {k: v for k, v in net.state_dict().items() if not k.startswith("encoder.")}
+    own = _head_state(net)
     state = payload["head"]
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
         raise VosError(f"The weights in {path} do not fit the refiner's head.")
