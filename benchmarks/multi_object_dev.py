@@ -8,11 +8,16 @@ other. Each clip here takes a host sequence and pastes into it (trainer/composit
   it and moving on a path of its own, in front of or behind the host object;
 - a distractor of another kind: the object of a second sequence of the same fold, crossing.
 
+With ``--kind same-kind`` the look-alike is instead the object of another sequence of the same
+kind and fold (a second person beside a person, a second rider), as on real multi-object footage.
+
 Hosts and donors come from the same cross-validation fold, so each clip is scored with the fold
 model that never saw its sequences (benchmarks/cross_validate.py). The clips are 432x240 pixels,
 the size of the held-out multi-object clips, and fixed by the seed.
 
     python benchmarks/multi_object_dev.py make                     # runs/multi-dev, 4 clips a fold
+    python benchmarks/multi_object_dev.py make --kind same-kind    # runs/multi-dev-kind, 2 clips a fold
+    python benchmarks/multi_object_dev.py eval --data runs/multi-dev-kind
     python benchmarks/multi_object_dev.py eval [--set NAME=VALUE]  # mean J per object, per clip
 
 ``eval`` prints, per clip, J and F of each object (frames 1 to N-2, as DAVIS), and the mean J per
@@ -25,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -44,6 +50,15 @@ FRAMES = 40  # at most this many frames a clip
 CLIPS_PER_FOLD = 4
 OUT = ROOT / "runs" / "multi-dev"
 MIN_VISIBLE = 150  # pixels each object must show on the first (annotated) frame
+OUT_SAME_KIND = ROOT / "runs" / "multi-dev-kind"
+# Objects of one kind within a fold (the fold model never saw either): people, riders.
+SAME_KIND = {
+    "f0": [("motocross-bumps", "horsejump-low"), ("horsejump-low", "motocross-bumps")],
+    "f1": [("kite-walk", "rollerblade"), ("rollerblade", "kite-walk")],
+    "f2": [("breakdance-flare", "lucia"), ("lucia", "scooter-gray")],
+    "f3": [("hike", "stroller"), ("surf", "hike")],
+    "f4": [("tennis", "hockey"), ("swing", "tennis")],
+}
 
 
 def _load(data: Path, seq: str, frames: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -96,18 +111,24 @@ def _layer(
     return out_images, out_ids
 
 
-def make_clip(data: Path, host: str, donor: str, rng: np.random.Generator) -> tuple[list, list, dict]:
-    """One clip: host object 1, its look-alike 2, the donor's object 3."""
+def make_clip(
+    data: Path, host: str, donor: str, rng: np.random.Generator, alike: str | None = None
+) -> tuple[list, list, dict]:
+    """One clip: host object 1, its look-alike 2, the donor's object 3. The look-alike is the host's
+    own object from another moment, or with ``alike`` the object of that sequence (one of the same
+    kind: another person beside a person)."""
     host_src = _load(data, host, 10_000)
     images, masks = host_src[0][:FRAMES], host_src[1][:FRAMES]
     hx, hy, hw, hh = _box(masks[0])
     donor_src = _load(data, donor, 10_000)
+    alike_src = host_src if alike is None else _load(data, alike, 10_000)
     for _ in range(50):
         ids = [m.astype(np.uint8) for m in masks]
-        twin_offset = int(rng.integers(len(host_src[0]) // 3, max(len(host_src[0]) // 3 + 1, len(host_src[0]))))
+        n_alike = len(alike_src[0])
+        twin_offset = int(rng.integers(n_alike // 3, max(n_alike // 3 + 1, n_alike))) if alike is None else 0
         # The look-alike is about the host's size on the first frame (two dogs, not a dog and its
         # close-up), whatever size the object had at the moment it is taken from.
-        _, _, tw, th = _box(host_src[1][twin_offset % len(host_src[1])])
+        _, _, tw, th = _box(alike_src[1][twin_offset % n_alike])
         relative = float(rng.uniform(0.6, 1.0))
         twin_scale = relative * float(np.sqrt(hw * hh / (tw * th)))
         side = rng.choice([-1.0, 1.0])
@@ -127,11 +148,12 @@ def make_clip(data: Path, host: str, donor: str, rng: np.random.Generator) -> tu
             flip=bool(rng.random() < 0.5),
         )
         donor_front = bool(rng.random() < 0.5)
-        out_images, out_ids = _layer(images, ids, host_src, twin_offset, twin, 2, twin_front)
+        out_images, out_ids = _layer(images, ids, alike_src, twin_offset, twin, 2, twin_front)
         out_images, out_ids = _layer(out_images, out_ids, donor_src, 0, distractor, 3, donor_front)
         if all(np.count_nonzero(out_ids[0] == i) >= MIN_VISIBLE for i in (1, 2, 3)):
             info = {
-                "host": host, "donor": donor, "twin_front": twin_front, "donor_front": donor_front,
+                "host": host, "alike": alike or host, "donor": donor, "twin_front": twin_front,
+                "donor_front": donor_front,
                 "twin_relative_size": round(relative, 3), "donor_scale": round(donor_scale, 3),
                 "frames": len(out_images),
             }  # fmt: skip
@@ -139,22 +161,32 @@ def make_clip(data: Path, host: str, donor: str, rng: np.random.Generator) -> tu
     raise RuntimeError(f"No placement of the pasted objects in {host} left each object visible.")
 
 
-def make(data: Path, out: Path, seed: int) -> None:
+def _clips(
+    fold: str, seqs: tuple[str, ...], rng: np.random.Generator, kind: str
+) -> Iterator[tuple[str, str, str | None]]:
+    """(host, donor, look-alike or None) of a fold's clips: twins, or another object of the same
+    kind. A generator: each donor is drawn after the previous clip was made (the seeded order)."""
+    if kind == "twins":
+        for h in rng.choice(len(seqs), size=CLIPS_PER_FOLD, replace=False):
+            yield seqs[int(h)], seqs[int(rng.choice([i for i in range(len(seqs)) if i != h]))], None
+        return
+    for host, alike in SAME_KIND[fold]:
+        yield host, str(rng.choice([s for s in seqs if s not in (host, alike)])), alike
+
+
+def make(data: Path, out: Path, seed: int, kind: str = "twins") -> None:
     from vosctl.masks import write_palette_png
     from vosctl.palette import davis_palette
 
     rng = np.random.default_rng(seed)
     manifest = {}
     for fold, seqs in FOLDS.items():
-        hosts = rng.choice(len(seqs), size=CLIPS_PER_FOLD, replace=False)
         names = []
-        for h in hosts:
-            host = seqs[int(h)]
-            donor = seqs[int(rng.choice([i for i in range(len(seqs)) if i != h]))]
-            images, ids, info = make_clip(data, host, donor, rng)
+        for host, donor, alike in _clips(fold, seqs, rng, kind):
+            images, ids, info = make_clip(data, host, donor, rng, alike)
             name = f"{fold}-{host}"
-            for kind in ("JPEGImages", "Annotations"):
-                (out / kind / "480p" / name).mkdir(parents=True, exist_ok=True)
+            for folder in ("JPEGImages", "Annotations"):
+                (out / folder / "480p" / name).mkdir(parents=True, exist_ok=True)
             for t, (image, frame_ids) in enumerate(zip(images, ids, strict=True)):
                 cv2.imwrite(str(out / "JPEGImages" / "480p" / name / f"{t:05d}.jpg"),
                             cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])  # fmt: skip
@@ -204,8 +236,10 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     mk = sub.add_parser("make")
     mk.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    mk.add_argument("--out", type=Path, default=OUT)
+    mk.add_argument("--out", type=Path, help=f"Default: {OUT} (twins) or {OUT_SAME_KIND} (same kind).")
     mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--kind", choices=("twins", "same-kind"), default="twins",
+                    help="The look-alike: the host's own object (twins) or another object of its kind.")  # fmt: skip
     ev = sub.add_parser("eval")
     ev.add_argument("--data", type=Path, default=OUT)
     ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
@@ -214,7 +248,8 @@ def main() -> None:
     ev.add_argument("--fold-models", metavar="PATTERN", help="Fold model files other than runs/cv/FOLD/model.pt.")
     args = parser.parse_args()
     if args.command == "make":
-        make(args.data, args.out, args.seed)
+        out = args.out or (OUT if args.kind == "twins" else OUT_SAME_KIND)
+        make(args.data, out, args.seed, args.kind)
     else:
         import torch
 
