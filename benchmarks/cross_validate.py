@@ -8,6 +8,7 @@ so every sequence is scored by a model that never saw it.
     python benchmarks/cross_validate.py splits                  # DAVIS-layout root with f0..f4 split files
     python benchmarks/cross_validate.py train --fold f1         # the shipped recipe without f1 (each fold)
     python benchmarks/cross_validate.py train --fold f1 --seed 1   # another seed, in runs/cv/f1-s1
+    python benchmarks/cross_validate.py train --fold f1 --extra '--cache-paste 0.5' --tag paste   # runs/cv/f1-paste
     python benchmarks/cross_validate.py eval --set prior_flow=true --threads 1
     python benchmarks/cross_validate.py eval --model imagenet         # the untrained features
     python benchmarks/cross_validate.py eval --fold-models 'runs/gpu/ft-{fold}.pt'   # other fold models
@@ -64,13 +65,15 @@ def make_splits(data: Path) -> None:
         print(f"{name}: {len(seqs)} sequences, {frames} frames")
 
 
-def train(fold: str, data: Path, threads: int, seed: int) -> None:
-    """The recipe's fold model in runs/cv/FOLD (seed 0) or runs/cv/FOLD-sN (another seed)."""
-    out = RUNS / (fold if seed == 0 else f"{fold}-s{seed}")
+def train(fold: str, data: Path, threads: int, seed: int, extra: str = "", tag: str = "") -> None:
+    """The recipe's fold model in runs/cv/FOLD (seed 0) or runs/cv/FOLD-sN (another seed); with
+    ``extra`` training options beside the recipe, in runs/cv/FOLD-TAG[-sN]."""
+    name = f"{fold}-{tag}" if tag else fold
+    out = RUNS / (name if seed == 0 else f"{name}-s{seed}")
     cmd = [
         sys.executable, "-m", "vosctl", "train", "--data", str(data), "--sequences", str(RUNS / f"{fold}-train.txt"),
         "--out", str(out), "--cache-dir", str(ROOT / "runs" / "feature-cache"), "--threads", str(threads),
-        *RECIPE.split(), "--seed", str(seed),
+        *RECIPE.split(), *extra.split(), "--seed", str(seed),
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
 
@@ -139,6 +142,8 @@ def main() -> None:
     tr.add_argument("--data", type=Path, default=DEFAULT_DATA)
     tr.add_argument("--threads", type=int, default=1)
     tr.add_argument("--seed", type=int, default=0, help="Another seed trains into runs/cv/FOLD-sSEED.")
+    tr.add_argument("--extra", default="", help="Training options beside the recipe, e.g. '--cache-paste 0.5'.")
+    tr.add_argument("--tag", default="", help="With --extra: train into runs/cv/FOLD-TAG[-sSEED].")
     tref = sub.add_parser("train-refiner")
     tref.add_argument("--fold", choices=sorted(FOLDS), required=True)
     tref.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -156,7 +161,9 @@ def main() -> None:
     if args.command == "splits":
         make_splits(args.data)
     elif args.command == "train":
-        train(args.fold, args.data, args.threads, args.seed)
+        if args.extra and not args.tag:
+            parser.error("--extra needs a --tag, so the recipe's own fold models are not overwritten.")
+        train(args.fold, args.data, args.threads, args.seed, args.extra, args.tag)
     elif args.command == "train-refiner":
         train_refiner(args.fold, args.data, args.threads, args.seed)
     else:

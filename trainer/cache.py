@@ -6,7 +6,8 @@ the size the engine's session feeds the network (longer side ``max_size``, INTER
 the head trains on exactly the features it meets at inference. The price is augmentation: what
 is left is a random window (a fixed fraction of the frame, in whole cells of the coarsest level,
 which also shifts the (x, y) coordinates the head sees) and a horizontal flip of the feature maps,
-an approximation of the features of a flipped frame. Labels are each grid cell's majority
+an approximation of the features of a flipped frame, and (``paste``) another sequence's object
+pasted beside the host's as a distractor (trainer.feature_paste). Labels are each grid cell's majority
 label, as the session labels its reference frame.
 
 With a ``store`` folder, each sequence's features are kept there and reused by later runs (the
@@ -33,6 +34,7 @@ from engine.errors import VosError
 from engine.factory import atomic_save
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from trainer.data import IGNORE, Sequence, _remap_ids
+from trainer.feature_paste import paste_distractor
 
 
 def grid_labels(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -60,6 +62,7 @@ class FeatureCacheSet(Dataset):
         crop: float = 1.0,
         flip: bool = False,
         store: Path | None = None,
+        paste: float = 0.0,
     ) -> None:
         if not sequences:
             raise VosError("The training set needs at least one sequence.")
@@ -81,7 +84,7 @@ class FeatureCacheSet(Dataset):
             self.labels.append(labels)
         if len(shapes) > 1:
             raise VosError("Cached features need frames of one size; train without --cache-features.")
-        self.crop, self.flip = crop, flip
+        self.crop, self.flip, self.paste = crop, flip, paste
         self.strides = [level.stride for level in model.backbone.levels]
         gh, gw = shapes.pop()
         tiles = all(
@@ -144,6 +147,13 @@ class FeatureCacheSet(Dataset):
         frames = np.asarray([self.indices[s][i] for i in order])
         features = [level[order].float() for level in self.features[s]]
         labels = self.labels[s][order]
+        if self.paste > 0 and len(self.indices) > 1 and rng.random() < self.paste:
+            d = int(rng.choice([i for i in range(len(self.indices)) if i != s]))
+            donor = rng.choice(len(self.indices[d]), size=f, replace=len(self.indices[d]) < f)
+            features, labels = paste_distractor(
+                features, labels, [level[donor].float() for level in self.features[d]], self.labels[d][donor],
+                self.strides, rng,
+            )  # fmt: skip
         if self.crop < 1.0:
             features, labels = self._crop(features, labels, rng)
         if self.flip and rng.random() < 0.5:

@@ -38,6 +38,8 @@ class DataSettings:
     cache_crop: float = 1.0  # side of a random window of the cached maps, as a fraction of the frame
     cache_flip: bool = False  # flip cached maps at random (approximates flipped frames)
     cache_dir: Path | None = None  # keep cached features here for later runs
+    # Share of samples with another sequence's object pasted beside the host's (trainer.feature_paste)
+    cache_paste: float = 0.0
 
     def __post_init__(self) -> None:
         if self.crop < 32 or self.crop % 32:
@@ -46,6 +48,8 @@ class DataSettings:
             raise VosError("--frames-per-sample must be at least 2: one anchor frame and a pool frame.")
         if not 0.0 < self.cache_crop <= 1.0:
             raise VosError("The cached-feature crop must be a fraction in (0, 1].")
+        if not 0.0 <= self.cache_paste <= 1.0:
+            raise VosError("The share of samples with a pasted distractor must be in [0, 1].")
         if not 0.0 < self.scale[0] <= self.scale[1]:
             raise VosError("The scale range must be positive and increasing.")
 

@@ -230,6 +230,7 @@ def _dataset(settings: TrainSettings, model: EmbeddingModel, device: torch.devic
         every=data.cache_every,
         crop=data.cache_crop,
         flip=data.cache_flip,
+        paste=data.cache_paste,
         store=data.cache_dir,
         seed=settings.seed,
         rank=rank,

@@ -128,6 +128,15 @@ def train(
             help="With --cache-features: longer side of the cached frames (default: the model's max_size).",
         ),
     ] = None,
+    cache_paste: Annotated[
+        float,
+        typer.Option(
+            "--cache-paste",
+            min=0.0,
+            max=1.0,
+            help="With --cache-features: share of samples with another sequence's object pasted in as a distractor.",
+        ),
+    ] = 0.0,
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="With --cache-features: keep the features here for later runs.")
     ] = None,
@@ -215,6 +224,7 @@ def train(
                 cache_crop=cache_crop,
                 cache_flip=cache_flip,
                 cache_max_size=cache_max_size,
+                cache_paste=cache_paste,
                 cache_dir=cache_dir,
             ),
             model=ModelSettings(
