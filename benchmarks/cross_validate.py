@@ -8,7 +8,7 @@ so every sequence is scored by a model that never saw it.
     python benchmarks/cross_validate.py splits                  # DAVIS-layout root with f0..f4 split files
     python benchmarks/cross_validate.py train --fold f1         # the shipped recipe without f1 (each fold)
     python benchmarks/cross_validate.py train --fold f1 --seed 1   # another seed, in runs/cv/f1-s1
-    python benchmarks/cross_validate.py train --fold f1 --extra '--cache-paste 0.5' --tag paste   # runs/cv/f1-paste
+    python benchmarks/cross_validate.py train --fold f1 --extra '--cache-paste 0' --tag nopaste   # runs/cv/f1-nopaste
     python benchmarks/cross_validate.py eval --set prior_flow=true --threads 1
     python benchmarks/cross_validate.py eval --model imagenet         # the untrained features
     python benchmarks/cross_validate.py eval --fold-models 'runs/gpu/ft-{fold}.pt'   # other fold models
@@ -45,7 +45,7 @@ FOLDS = {
 # The shipped model's recipe (README, Training), with the fold's sequences held out: the head's
 # settings (also those of gpu_round.sh's fine-tuning) and the cached-feature training.
 HEAD_RECIPE = "--skip 1.0 --margin 0.3 --hidden 64 --weight-decay 0.05 --infer spatial_weight=1.0 --seed 0"
-CACHE_RECIPE = "--steps 600 --cache-features --cache-crop 0.75 --cache-flip --cache-max-size 512"
+CACHE_RECIPE = "--steps 600 --cache-features --cache-crop 0.75 --cache-flip --cache-max-size 512 --cache-paste 0.5"
 RECIPE = f"{HEAD_RECIPE} {CACHE_RECIPE}"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "davis2016-train"
 CV_ROOT = ROOT / "runs" / "cv-davis"
@@ -142,7 +142,7 @@ def main() -> None:
     tr.add_argument("--data", type=Path, default=DEFAULT_DATA)
     tr.add_argument("--threads", type=int, default=1)
     tr.add_argument("--seed", type=int, default=0, help="Another seed trains into runs/cv/FOLD-sSEED.")
-    tr.add_argument("--extra", default="", help="Training options beside the recipe, e.g. '--cache-paste 0.5'.")
+    tr.add_argument("--extra", default="", help="Training options after the recipe's (the later wins), e.g. '--cache-paste 0'.")
     tr.add_argument("--tag", default="", help="With --extra: train into runs/cv/FOLD-TAG[-sSEED].")
     tref = sub.add_parser("train-refiner")
     tref.add_argument("--fold", choices=sorted(FOLDS), required=True)
