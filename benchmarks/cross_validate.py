@@ -142,7 +142,9 @@ def main() -> None:
     tr.add_argument("--data", type=Path, default=DEFAULT_DATA)
     tr.add_argument("--threads", type=int, default=1)
     tr.add_argument("--seed", type=int, default=0, help="Another seed trains into runs/cv/FOLD-sSEED.")
-    tr.add_argument("--extra", default="", help="Training options after the recipe's (the later wins), e.g. '--cache-paste 0'.")
+    tr.add_argument(
+        "--extra", default="", help="Training options after the recipe's (the later wins), e.g. '--cache-paste 0'."
+    )
     tr.add_argument("--tag", default="", help="With --extra: train into runs/cv/FOLD-TAG[-sSEED].")
     tref = sub.add_parser("train-refiner")
     tref.add_argument("--fold", choices=sorted(FOLDS), required=True)
