@@ -160,4 +160,7 @@ def test_memory_stays_flat_in_video_length_on_a_backward_pass(tiny_model, tmp_pa
 
     short, long = peak(60), peak(300)
     frame_bytes = 48 * 64 * 3
-    assert long - short < 20 * frame_bytes, (short, long)  # 240 more frames held would be 240 * frame_bytes
+    # 240 more frames held would be 240 * frame_bytes. The bounded queues (8 decoded frames ahead, 4
+    # refine/encode jobs of a frame and its probabilities, ~4 frame sizes each) may be full or empty
+    # at the peak depending on thread timing: ~24 frame sizes either way, so allow 60.
+    assert long - short < 60 * frame_bytes, (short, long)
