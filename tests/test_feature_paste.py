@@ -1,13 +1,18 @@
 """Distractors pasted into cached feature maps (trainer.feature_paste, FeatureCacheSet(paste=...))."""
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
+from engine.errors import VosError
 from engine.model import ModelConfig, create_model
 from tests.test_trainer import make_davis
 from trainer.cache import FeatureCacheSet
 from trainer.data import load_sequence
 from trainer.feature_paste import paste_distractor
+from trainer.settings import DataSettings
 
 STRIDES = [8, 16, 32]
 GRID = (36, 64)
@@ -93,3 +98,9 @@ def test_feature_cache_pastes_another_sequences_object_deterministically(tmp_pat
     for i in range(8):
         assert torch.equal(again[i]["labels"], labels[i])
         assert all(torch.equal(x, y) for x, y in zip(again[i]["features"], pasted[i]["features"], strict=True))
+
+
+def test_pasting_needs_cached_features():
+    with pytest.raises(VosError, match="--cache-features"):
+        DataSettings(root=Path("."), cache_paste=0.5)
+    assert DataSettings(root=Path("."), cache_paste=0.5, cache_features=True).cache_paste == 0.5

@@ -50,6 +50,8 @@ class DataSettings:
             raise VosError("The cached-feature crop must be a fraction in (0, 1].")
         if not 0.0 <= self.cache_paste <= 1.0:
             raise VosError("The share of samples with a pasted distractor must be in [0, 1].")
+        if self.cache_paste > 0 and not self.cache_features:
+            raise VosError("--cache-paste pastes into cached feature maps: add --cache-features.")
         if not 0.0 < self.scale[0] <= self.scale[1]:
             raise VosError("The scale range must be positive and increasing.")
 
