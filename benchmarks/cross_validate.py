@@ -67,7 +67,7 @@ def make_splits(data: Path) -> None:
 
 def train(fold: str, data: Path, threads: int, seed: int, extra: str = "", tag: str = "") -> None:
     """The recipe's fold model in runs/cv/FOLD (seed 0) or runs/cv/FOLD-sN (another seed); with
-    ``extra`` training options beside the recipe, in runs/cv/FOLD-TAG[-sN]."""
+    ``extra`` training options after the recipe's (the later of two wins), in runs/cv/FOLD-TAG[-sN]."""
     name = f"{fold}-{tag}" if tag else fold
     out = RUNS / (name if seed == 0 else f"{name}-s{seed}")
     cmd = [

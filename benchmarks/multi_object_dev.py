@@ -122,9 +122,9 @@ def make_clip(
     hx, hy, hw, hh = _box(masks[0])
     donor_src = _load(data, donor, 10_000)
     alike_src = host_src if alike is None else _load(data, alike, 10_000)
+    n_alike = len(alike_src[0])
     for _ in range(50):
         ids = [m.astype(np.uint8) for m in masks]
-        n_alike = len(alike_src[0])
         twin_offset = int(rng.integers(n_alike // 3, max(n_alike // 3 + 1, n_alike))) if alike is None else 0
         # The look-alike is about the host's size on the first frame (two dogs, not a dog and its
         # close-up), whatever size the object had at the moment it is taken from.
