@@ -68,9 +68,23 @@ class Propagator:
             # The memory's pixels were labelled before this mask was known: where the mask corrects
             # a drift, or names an object the memory took for background, they would outvote it.
             self.memory.clear()
-        self.bank.add(PixelSet(pixels.keys, pixels.coords, labels), permanent=introduces)
+        keep = self._bank_cells(labels, grid)
+        self.bank.add(PixelSet(pixels.keys[keep], pixels.coords[keep], labels[keep]), permanent=introduces)
         self._previous = fractions
         return given
+
+    def _bank_cells(self, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(gh * gw,) grid labels -> the indices of the cells the bank keeps: every object cell and
+        every cell within ``bank_band`` of one; of the background beyond, one cell in ``bank_stride``
+        along each axis (neighbouring background cells are near copies of each other)."""
+        stride, band = self.config.bank_stride, self.config.bank_band
+        if stride <= 1:
+            return torch.arange(len(labels), device=labels.device)
+        objects = (labels > 0).float().reshape(1, 1, *grid)
+        near = F.max_pool2d(objects, 2 * band + 1, stride=1, padding=band)[0, 0] > 0
+        rows = torch.arange(grid[0], device=labels.device) % stride == 0
+        cols = torch.arange(grid[1], device=labels.device) % stride == 0
+        return torch.nonzero((near | (rows[:, None] & cols[None, :])).reshape(-1)).squeeze(1)
 
     @property
     def started(self) -> bool:

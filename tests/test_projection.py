@@ -17,8 +17,9 @@ def test_projection_keeps_retrieval_close_to_the_full_embedding(tiny_model):
     frame = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
     mask = np.zeros((64, 96), np.uint8)
     mask[16:48, 24:72] = 1
-    full = VideoSession(tiny_model, SessionConfig(refine="none", online=False))
-    small = VideoSession(tiny_model, SessionConfig(refine="none", online=False, project_dim=12))
+    # The whole grid in the bank (bank_stride=1): only the projection differs between the two.
+    full = VideoSession(tiny_model, SessionConfig(refine="none", online=False, bank_stride=1))
+    small = VideoSession(tiny_model, SessionConfig(refine="none", online=False, project_dim=12, bank_stride=1))
     for session in (full, small):
         session.step(frame, mask)
     assert small.propagator._projection.shape == (full.bank.pixels().keys.shape[1], 12)
@@ -37,7 +38,13 @@ def test_only_the_gated_cells_are_projected_and_the_memory_keeps_projected_keys(
     session = VideoSession(
         tiny_model,
         SessionConfig(
-            refine="none", project_dim=12, prior_gate=True, gate_margin=0, prior_flow=False, memory_threshold=0.5
+            refine="none",
+            project_dim=12,
+            prior_gate=True,
+            gate_margin=0,
+            prior_flow=False,
+            memory_threshold=0.5,
+            bank_stride=1,
         ),
     )
     projected: list[int] = []
