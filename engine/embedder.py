@@ -15,6 +15,7 @@ from engine.devices import reduced_precision
 from engine.errors import VosError
 from engine.memory import PixelSet
 from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid
+from engine.openvino_runtime import OpenVinoEmbedding
 from engine.runtime import OnnxEmbedding, inference_copy, resolve_runtime
 
 MAX_ENLARGE = 2.0  # a frame is enlarged at most this much (a tiny video gains nothing from more)
@@ -43,8 +44,8 @@ class FrameEmbedder:
     """``embed(images, times) -> [PixelSet]``: keys (gh * gw, D) and (x, y, t) coordinates per image.
 
     ``half`` uses the device's native reduced precision (float16 on CUDA, bfloat16 on CPUs with
-    AVX512-BF16/AMX) through torch. Otherwise float32, by ONNX Runtime or torch's inference copy of
-    the network on a CPU (``runtime``, engine.runtime), by the model itself elsewhere.
+    AVX512-BF16/AMX). On a CPU the network runs in OpenVINO (either precision), ONNX Runtime
+    (float32) or torch (``runtime``: engine.runtime, engine.openvino_runtime); elsewhere in torch.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class FrameEmbedder:
         self.runtime = resolve_runtime(runtime, self.device, self.dtype is not None)
         self._fast: EmbeddingModel | None = None
         self._onnx: OnnxEmbedding | None = None
+        self._openvino: OpenVinoEmbedding | None = None
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (h, w, 3) uint8 RGB at the processing size."""
@@ -87,6 +89,10 @@ class FrameEmbedder:
         return [PixelSet(keys[i].contiguous(), coords[i].reshape(3, -1).T, empty) for i in range(len(images))]
 
     def _network(self, batch: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        if self.runtime == "openvino":
+            if self._openvino is None:
+                self._openvino = OpenVinoEmbedding.for_model(self.model, bfloat16=self.dtype is not None)
+            return self._openvino(batch, coords)
         if self.runtime == "onnx":
             if self._onnx is None:
                 self._onnx = OnnxEmbedding.for_model(self.model)

@@ -36,8 +36,8 @@ from engine.errors import VosError
 from engine.files import write_atomic
 from engine.model import OUTPUT_STRIDE, EmbeddingModel
 
-RUNTIMES = ("auto", "torch", "onnx")
-_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {threads: (versions, session)}
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: (versions, session)}
 _GRAPH_FORMAT = 1  # bump when the exported graph changes for the same weights
 
 
@@ -144,6 +144,19 @@ class _EmbedGraph(nn.Module):
         return self.model.embed_at(image, coords)
 
 
+def cached_per_model(model: EmbeddingModel, key: tuple, build):
+    """``build()``'s runtime session for ``model`` and ``key`` (runtime, threads, ...), kept while
+    the model lives (a run over many videos, ``vosctl eval``, builds it once). Weights changed in
+    place since (training validates the model it trains) make a new one: every tensor counts its
+    in-place changes in ``_version``."""
+    versions = tuple(t._version for t in (*model.parameters(), *model.buffers()))
+    per_model = _SESSIONS.setdefault(model, {})
+    cached = per_model.get(key)
+    if cached is None or cached[0] != versions:
+        per_model[key] = (versions, build())
+    return per_model[key][1]
+
+
 def onnxruntime_available() -> bool:
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
@@ -235,17 +248,9 @@ class OnnxEmbedding:
 
     @classmethod
     def for_model(cls, model: EmbeddingModel) -> OnnxEmbedding:
-        """One runtime session per model and thread count, kept while the model lives (a run over
-        many videos, ``vosctl eval``, builds it once). Weights changed in place since (training
-        validates the model it trains) make a new one: every tensor counts its in-place changes
-        in ``_version``."""
-        versions = tuple(t._version for t in (*model.parameters(), *model.buffers()))
+        """One runtime session per model and thread count (:func:`cached_per_model`)."""
         threads = torch.get_num_threads()
-        per_model = _SESSIONS.setdefault(model, {})
-        cached = per_model.get(threads)
-        if cached is None or cached[0] != versions:
-            per_model[threads] = (versions, cls(model, threads=threads))
-        return per_model[threads][1]
+        return cached_per_model(model, ("onnx", threads), lambda: cls(model, threads=threads))
 
     def __call__(self, image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) float32 in [0, 255], coords (B, 3, H/8, W/8) -> (B, D, H/8, W/8)."""
@@ -257,15 +262,32 @@ class OnnxEmbedding:
         return torch.from_numpy(embedding)
 
 
+def openvino_available() -> bool:
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_runtime(name: str, device: torch.device, reduced: bool) -> str:
-    """``auto`` -> ``onnx`` for float32 on a CPU when ONNX Runtime is installed, else ``torch``."""
+    """``auto`` -> ``openvino`` on a CPU when OpenVINO is installed (float32, or bfloat16 where
+    ``reduced``), else ``onnx`` for float32 on a CPU when ONNX Runtime is, else ``torch``."""
     if name not in RUNTIMES:
         raise VosError(f"Unknown runtime '{name}'; choose one of: {', '.join(RUNTIMES)}.")
-    cpu_float32 = device.type == "cpu" and not reduced
+    cpu = device.type == "cpu"
+    cpu_float32 = cpu and not reduced
     if name == "auto":
+        if cpu and openvino_available():
+            return "openvino"
         return "onnx" if cpu_float32 and onnxruntime_available() else "torch"
     if name == "onnx" and not cpu_float32:
         raise VosError("The onnx runtime runs float32 on a CPU only: add --full-precision, or use --device cpu.")
     if name == "onnx" and not onnxruntime_available():
         raise VosError("The onnx runtime needs the onnx and onnxruntime packages: pip install onnx onnxruntime.")
+    if name == "openvino" and not cpu:
+        raise VosError("The openvino runtime runs on a CPU only: use --device cpu, or another runtime.")
+    if name == "openvino" and not openvino_available():
+        raise VosError("The openvino runtime needs the onnx and openvino packages: pip install onnx openvino.")
     return name

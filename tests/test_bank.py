@@ -38,7 +38,8 @@ def test_the_bank_keeps_objects_and_their_band_and_a_lattice_of_the_far_backgrou
             near = (mask[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] > 0).any()
             on_lattice = y % 2 == 0 and x % 2 == 0
             assert ((x, y) in kept) == bool(near or on_lattice), (x, y)
-    labels = {(int(x), int(y)): int(label) for (x, y, _), label in zip(bank.coords.tolist(), bank.labels.tolist())}
+    cells = zip(bank.coords.tolist(), bank.labels.tolist(), strict=True)
+    labels = {(int(x), int(y)): int(label) for (x, y, _), label in cells}
     assert labels[(15, 0)] == 2 and labels[(7, 5)] == 1 and labels[(0, 0)] == 0
 
 

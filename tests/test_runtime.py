@@ -1,4 +1,4 @@
-"""The fast CPU paths compute the model's own embedding: folded batch norm, ONNX Runtime, batches."""
+"""The fast CPU paths compute the model's own embedding: folded batch norm, ONNX Runtime, OpenVINO, batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import torch
 from engine.embedder import FrameEmbedder
 from engine.errors import VosError
 from engine.model import ModelConfig, create_model
-from engine.runtime import OnnxEmbedding, inference_copy, onnxruntime_available, resolve_runtime
+from engine.openvino_runtime import OpenVinoEmbedding
+from engine.runtime import (
+    OnnxEmbedding,
+    inference_copy,
+    onnxruntime_available,
+    openvino_available,
+    resolve_runtime,
+)
 from engine.session import SessionConfig, VideoSession
 from tests.conftest import davis_frames, davis_masks
 
@@ -55,12 +62,49 @@ def test_onnx_embedding_equals_the_model_for_any_batch(lite_trained_head):
     assert (onnx(image[:1], coords[:1]) - expected[:1]).abs().max() < 1e-4
 
 
+@pytest.mark.skipif(not openvino_available(), reason="onnx/openvino not installed")
+def test_openvino_embedding_equals_the_model_for_any_batch(lite_trained_head):
+    image = torch.rand(3, 3, 96, 160) * 255
+    from engine.model import coordinate_grid
+
+    coords = torch.stack([coordinate_grid(12, 20, t) for t in (0.0, 0.1, 0.2)])
+    network = OpenVinoEmbedding(lite_trained_head)
+    with torch.inference_mode():
+        expected = lite_trained_head.embed_at(image, coords)
+    got = network(image, coords)
+    assert got.dtype == torch.float32 and (got - expected).abs().max() < 1e-4
+    assert (network(image[:1], coords[:1]) - expected[:1]).abs().max() < 1e-4
+    # Its output is a copy: the next call, of another size, leaves the first result as it was.
+    kept = got.clone()
+    network(image[:1, :, :64, :96], coords[:1, :, :8, :12])
+    assert torch.equal(got, kept)
+    # bfloat16 (float32 where the CPU lacks it): the same directions, to bfloat16's precision.
+    half = OpenVinoEmbedding(lite_trained_head, bfloat16=True)(image, coords)
+    assert torch.nn.functional.cosine_similarity(half, expected, dim=1).min() > 0.98
+
+
+@pytest.mark.skipif(not openvino_available(), reason="onnx/openvino not installed")
+def test_openvino_network_is_compiled_once_per_model_precision_and_weights(tiny_model):
+    first = OpenVinoEmbedding.for_model(tiny_model)
+    assert OpenVinoEmbedding.for_model(tiny_model) is first
+    assert OpenVinoEmbedding.for_model(tiny_model, bfloat16=True) is not first
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(0.0)  # an in-place change bumps the weights' version
+    assert OpenVinoEmbedding.for_model(tiny_model) is not first
+
+
 def test_runtime_choice():
     cpu = torch.device("cpu")
     assert resolve_runtime("torch", cpu, False) == "torch"
-    assert resolve_runtime("auto", cpu, True) == "torch"  # bf16 runs in torch
-    if onnxruntime_available():
+    if openvino_available():
+        assert resolve_runtime("auto", cpu, False) == "openvino"
+        assert resolve_runtime("auto", cpu, True) == "openvino"  # bfloat16 too
+        assert resolve_runtime("openvino", cpu, True) == "openvino"
+    elif onnxruntime_available():
         assert resolve_runtime("auto", cpu, False) == "onnx"
+        assert resolve_runtime("auto", cpu, True) == "torch"
+    with pytest.raises(VosError):
+        resolve_runtime("openvino", torch.device("cuda"), True)
     with pytest.raises(VosError):
         resolve_runtime("onnx", cpu, True)
     with pytest.raises(VosError):
@@ -72,7 +116,7 @@ def test_runtime_choice():
 @pytest.mark.slow
 def test_runtimes_and_batches_give_the_same_masks_on_a_real_sequence(davis_root):
     """Tolerance: float32 networks that differ only in the order of their arithmetic (folded batch
-    norm, ONNX Runtime's kernels, batched convolutions) give embeddings within 1e-4; after retrieval,
+    norm, ONNX Runtime's and OpenVINO's kernels, batched convolutions) give embeddings within 1e-4; after retrieval,
     at most 0.1% of a frame's pixels may change label (ties between near-equal neighbours)."""
     from engine.factory import build_model
 
@@ -81,7 +125,8 @@ def test_runtimes_and_batches_give_the_same_masks_on_a_real_sequence(davis_root)
     first = np.ascontiguousarray(first[::2, ::2][:240, :427])
     model = build_model(None)
     results = {}
-    for runtime in ("torch", "onnx") if onnxruntime_available() else ("torch",):
+    runtimes = ["torch"] + ["onnx"] * onnxruntime_available() + ["openvino"] * openvino_available()
+    for runtime in runtimes:
         for batch in (1, 8):
             config = SessionConfig(max_size=320, runtime=runtime, half=False).with_overrides(**model.config.inference)
             session = VideoSession(model, config)
