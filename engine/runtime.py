@@ -1,4 +1,7 @@
-"""How the network runs on a CPU in float32: an inference copy of it, and ONNX Runtime.
+"""How the network runs on a CPU in float32: an inference copy of it, its ONNX export, ONNX Runtime.
+
+OpenVINO (engine.openvino_runtime) runs the same export faster and is what ``auto`` picks where it
+is installed (:func:`resolve_runtime`); ONNX Runtime remains the choice ``onnx``.
 
 Eager PyTorch runs each EfficientNet-Lite block as separate pad, convolution, batch-norm and ReLU6
 ops, each a pass over memory; on 2 AVX2 cores the backbone took 0.23-0.26 s a frame at 768x416.
