@@ -104,3 +104,20 @@ def test_pasting_needs_cached_features():
     with pytest.raises(VosError, match="--cache-features"):
         DataSettings(root=Path("."), cache_paste=0.5)
     assert DataSettings(root=Path("."), cache_paste=0.5, cache_features=True).cache_paste == 0.5
+
+
+def test_several_pasted_objects_each_get_a_label_of_their_own(tmp_path):
+    davis = make_davis(tmp_path / "davis", names=("a", "b", "c", "d"))
+    model = create_model(ModelConfig(backbone="tiny", head="embedding"))
+    seqs = [load_sequence(davis, name) for name in "abcd"]
+    one = FeatureCacheSet(seqs, model, frames_per_sample=3, max_size=64, every=2, seed=0, paste=1.0)
+    many = FeatureCacheSet(seqs, model, frames_per_sample=3, max_size=64, every=2, seed=0, paste=1.0, paste_objects=3)
+    assert max(int(one[i]["labels"].max()) for i in range(12)) <= 2  # the host's object and one donor
+    most = [int(many[i]["labels"].max()) for i in range(12)]
+    assert max(most) > 2 and max(most) <= 4  # up to three donors, never more
+    assert most == [int(many[i]["labels"].max()) for i in range(12)]  # deterministic under the seed
+
+
+def test_pasted_objects_need_a_positive_count():
+    with pytest.raises(VosError, match="--cache-paste-objects"):
+        DataSettings(root=Path("."), cache_features=True, cache_paste=0.5, cache_paste_objects=0)

@@ -63,6 +63,7 @@ class FeatureCacheSet(Dataset):
         flip: bool = False,
         store: Path | None = None,
         paste: float = 0.0,
+        paste_objects: int = 1,
     ) -> None:
         if not sequences:
             raise VosError("The training set needs at least one sequence.")
@@ -84,7 +85,7 @@ class FeatureCacheSet(Dataset):
             self.labels.append(labels)
         if len(shapes) > 1:
             raise VosError("Cached features need frames of one size; train without --cache-features.")
-        self.crop, self.flip, self.paste = crop, flip, paste
+        self.crop, self.flip, self.paste, self.paste_objects = crop, flip, paste, paste_objects
         self.strides = [level.stride for level in model.backbone.levels]
         gh, gw = shapes.pop()
         tiles = all(
@@ -148,12 +149,19 @@ class FeatureCacheSet(Dataset):
         features = [level[order].float() for level in self.features[s]]
         labels = self.labels[s][order]
         if self.paste > 0 and len(self.indices) > 1 and rng.random() < self.paste:
-            d = int(rng.choice([i for i in range(len(self.indices)) if i != s]))
-            donor = rng.choice(len(self.indices[d]), size=f, replace=len(self.indices[d]) < f)
-            features, labels = paste_distractor(
-                features, labels, [level[donor].float() for level in self.features[d]], self.labels[d][donor],
-                self.strides, rng,
-            )  # fmt: skip
+            others = [i for i in range(len(self.indices)) if i != s]
+            # One donor, or 1..paste_objects of them from distinct sequences (each a label of its own).
+            if self.paste_objects == 1:  # the draws of the shipped recipe, unchanged
+                donors = [int(rng.choice(others))]
+            else:
+                count = int(rng.integers(1, min(self.paste_objects, len(others)) + 1))
+                donors = [int(d) for d in rng.choice(others, size=count, replace=False)]
+            for d in donors:
+                donor = rng.choice(len(self.indices[d]), size=f, replace=len(self.indices[d]) < f)
+                features, labels = paste_distractor(
+                    features, labels, [level[donor].float() for level in self.features[d]], self.labels[d][donor],
+                    self.strides, rng,
+                )  # fmt: skip
         if self.crop < 1.0:
             features, labels = self._crop(features, labels, rng)
         if self.flip and rng.random() < 0.5:

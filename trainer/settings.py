@@ -40,6 +40,7 @@ class DataSettings:
     cache_dir: Path | None = None  # keep cached features here for later runs
     # Share of samples with another sequence's object pasted beside the host's (trainer.feature_paste)
     cache_paste: float = 0.0
+    cache_paste_objects: int = 1  # at most this many pasted objects a sample (1..N, each of another sequence)
 
     def __post_init__(self) -> None:
         if self.crop < 32 or self.crop % 32:
@@ -50,6 +51,8 @@ class DataSettings:
             raise VosError("The cached-feature crop must be a fraction in (0, 1].")
         if not 0.0 <= self.cache_paste <= 1.0:
             raise VosError("The share of samples with a pasted distractor must be in [0, 1].")
+        if self.cache_paste_objects < 1:
+            raise VosError("--cache-paste-objects must be at least 1.")
         if self.cache_paste > 0 and not self.cache_features:
             raise VosError("--cache-paste pastes into cached feature maps: add --cache-features.")
         if not 0.0 < self.scale[0] <= self.scale[1]:

@@ -231,6 +231,7 @@ def _dataset(settings: TrainSettings, model: EmbeddingModel, device: torch.devic
         crop=data.cache_crop,
         flip=data.cache_flip,
         paste=data.cache_paste,
+        paste_objects=data.cache_paste_objects,
         store=data.cache_dir,
         seed=settings.seed,
         rank=rank,

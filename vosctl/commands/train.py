@@ -137,6 +137,14 @@ def train(
             help="With --cache-features: share of samples with another sequence's object pasted in as a distractor.",
         ),
     ] = 0.0,
+    cache_paste_objects: Annotated[
+        int,
+        typer.Option(
+            "--cache-paste-objects",
+            min=1,
+            help="With --cache-paste: at most this many pasted objects a sample (1 to N, each from another sequence).",
+        ),
+    ] = 1,
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="With --cache-features: keep the features here for later runs.")
     ] = None,
@@ -225,6 +233,7 @@ def train(
                 cache_flip=cache_flip,
                 cache_max_size=cache_max_size,
                 cache_paste=cache_paste,
+                cache_paste_objects=cache_paste_objects,
                 cache_dir=cache_dir,
             ),
             model=ModelSettings(
