@@ -14,6 +14,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+import trainer.train as train_module
 from engine.errors import VosError
 from engine.factory import build_model
 from engine.model import TIME_HORIZON, ModelConfig, create_model
@@ -387,3 +388,16 @@ def test_scale_range_parses_and_bad_ones_fail_in_one_line(tmp_path):
         result = CliRunner().invoke(app, ["--out", str(tmp_path / "o"), "--scale", value], env=CLI_ENV)
         assert result.exit_code == 1
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_validation_during_training_leaves_no_exported_graphs(davis, tmp_path, monkeypatch):
+    """The weights change between validations: exporting a graph for the CPU runtimes each time
+    would cost seconds and leave a file per validation in the user's cache folder."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VOSCTL_CACHE", str(cache))
+    validated = []
+    real = train_module._validate
+    monkeypatch.setattr(train_module, "_validate", lambda *a: validated.append(1) or real(*a))
+    run_training(settings=tiny_settings(davis, tmp_path / "run", val_every=2))
+    assert validated
+    assert not cache.exists() or not any(cache.iterdir())

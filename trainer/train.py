@@ -200,8 +200,10 @@ def _build(settings: TrainSettings, device: torch.device):
 
 
 def _validate(model: EmbeddingModel, settings: TrainSettings, device: torch.device) -> dict:
-    # The settings the model file will carry (``--infer``), at the validation size.
-    config = session_config_for(model, max_size=settings.run.val_max_size)
+    # The settings the model file will carry (``--infer``), at the validation size. The network runs
+    # in torch: the weights change between validations, and OpenVINO or ONNX Runtime would export
+    # (2 s) and cache a graph file for every one of them.
+    config = session_config_for(model, max_size=settings.run.val_max_size, runtime="torch")
     names = list(settings.data.val_sequences)
     return evaluate_sequences(model, settings.data.root, names, config=config, device=device)
 
