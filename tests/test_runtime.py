@@ -49,37 +49,43 @@ def test_folded_copy_equals_the_model_and_leaves_it_unchanged(lite_trained_head)
     assert not any("bn" in name for name, _ in fast.backbone.named_modules() if name)
 
 
-@pytest.mark.skipif(not onnxruntime_available(), reason="onnx/onnxruntime not installed")
-def test_onnx_embedding_equals_the_model_for_any_batch(lite_trained_head):
-    image = torch.rand(3, 3, 96, 160) * 255
+RUNTIME_CLASSES = [
+    pytest.param(OnnxEmbedding, marks=pytest.mark.skipif(not onnxruntime_available(), reason="no onnxruntime")),
+    pytest.param(OpenVinoEmbedding, marks=pytest.mark.skipif(not openvino_available(), reason="no openvino")),
+]
+
+
+def _batch(sizes=(96, 160), times=(0.0, 0.1, 0.2)):
     from engine.model import coordinate_grid
 
-    coords = torch.stack([coordinate_grid(12, 20, t) for t in (0.0, 0.1, 0.2)])
-    onnx = OnnxEmbedding(lite_trained_head)
-    with torch.inference_mode():
-        expected = lite_trained_head.embed_at(image, coords)
-    assert (onnx(image, coords) - expected).abs().max() < 1e-4
-    assert (onnx(image[:1], coords[:1]) - expected[:1]).abs().max() < 1e-4
+    image = torch.rand(len(times), 3, *sizes) * 255
+    coords = torch.stack([coordinate_grid(sizes[0] // 8, sizes[1] // 8, t) for t in times])
+    return image, coords
 
 
-@pytest.mark.skipif(not openvino_available(), reason="onnx/openvino not installed")
-def test_openvino_embedding_equals_the_model_for_any_batch(lite_trained_head):
-    image = torch.rand(3, 3, 96, 160) * 255
-    from engine.model import coordinate_grid
-
-    coords = torch.stack([coordinate_grid(12, 20, t) for t in (0.0, 0.1, 0.2)])
-    network = OpenVinoEmbedding(lite_trained_head)
+@pytest.mark.parametrize("runtime", RUNTIME_CLASSES)
+def test_runtime_embedding_equals_the_model_for_any_batch_and_is_a_copy(lite_trained_head, runtime):
+    image, coords = _batch()
+    network = runtime(lite_trained_head)
     with torch.inference_mode():
         expected = lite_trained_head.embed_at(image, coords)
     got = network(image, coords)
     assert got.dtype == torch.float32 and (got - expected).abs().max() < 1e-4
     assert (network(image[:1], coords[:1]) - expected[:1]).abs().max() < 1e-4
-    # Its output is a copy: the next call, of another size, leaves the first result as it was.
+    # The next call, of another size, leaves an earlier result as it was.
     kept = got.clone()
-    network(image[:1, :, :64, :96], coords[:1, :, :8, :12])
+    network(*_batch((64, 96), (0.5,)))
     assert torch.equal(got, kept)
-    # bfloat16 (float32 where the CPU lacks it): the same directions, to bfloat16's precision.
+
+
+@pytest.mark.skipif(not openvino_available(), reason="onnx/openvino not installed")
+def test_openvino_bfloat16_keeps_the_embedding_directions(lite_trained_head):
+    """bfloat16 (float32 where the CPU lacks it): the same directions, to bfloat16's precision."""
+    image, coords = _batch()
+    with torch.inference_mode():
+        expected = lite_trained_head.embed_at(image, coords)
     half = OpenVinoEmbedding(lite_trained_head, bfloat16=True)(image, coords)
+    assert half.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(half, expected, dim=1).min() > 0.98
 
 
