@@ -36,7 +36,7 @@ from engine.backbones import Backbone, EfficientNetLite, Normalisation, create_b
 from engine.bilateral_refiner import top_two_margin, uncertain_window
 from engine.errors import VosError
 from engine.factory import atomic_save, read_torch_file
-from engine.runtime import _FusedBlock, _SameFused
+from engine.runtime import FusedBlock, SameFused
 
 __all__ = [
     "LearnedRefiner",
@@ -69,11 +69,11 @@ class LiteEncoder(nn.Module):
 
     def __init__(self, backbone: EfficientNetLite) -> None:
         super().__init__()
-        self.stem = _SameFused(backbone._conv_stem, backbone._bn0)
+        self.stem = SameFused(backbone._conv_stem, backbone._bn0)
         strides = [backbone.layer_strides[f"_blocks.{i}"] for i in range(len(backbone._blocks))]
         blocks = list(zip(backbone._blocks, strides, strict=True))
-        self.to_2 = nn.Sequential(*[_FusedBlock(b) for b, s in blocks if s == 2])
-        self.to_4 = nn.Sequential(*[_FusedBlock(b) for b, s in blocks if s == 4])
+        self.to_2 = nn.Sequential(*[FusedBlock(b) for b, s in blocks if s == 2])
+        self.to_4 = nn.Sequential(*[FusedBlock(b) for b, s in blocks if s == 4])
         self.channels = (
             [b for b, s in blocks if s == 2][-1]._bn2.num_features,
             [b for b, s in blocks if s == 4][-1]._bn2.num_features,

@@ -62,7 +62,7 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-class _SameFused(nn.Module):
+class SameFused(nn.Module):
     """``bn(same_conv(x))`` as one convolution. SAME padding of a stride-1 odd kernel is symmetric
     and goes into the convolution; a stride-2 layer on an even-sized input (always the case here:
     inputs are multiples of 32) pads ``k - 2`` in total, one less before than after."""
@@ -88,12 +88,15 @@ class _SameFused(nn.Module):
         return self.conv(x)
 
 
-class _FusedBlock(nn.Module):
+class FusedBlock(nn.Module):
+    """An EfficientNet-Lite block (expand, depthwise, project) with batch norm folded in; also the
+    learned refiner's frozen early layers (engine.mask_refiner)."""
+
     def __init__(self, block: _MBConv) -> None:
         super().__init__()
-        self.expand = _SameFused(block._expand_conv, block._bn0) if block.has_expand else None
-        self.depthwise = _SameFused(block._depthwise_conv, block._bn1)
-        self.project = _SameFused(block._project_conv, block._bn2)
+        self.expand = SameFused(block._expand_conv, block._bn0) if block.has_expand else None
+        self.depthwise = SameFused(block._depthwise_conv, block._bn1)
+        self.project = SameFused(block._project_conv, block._bn2)
         self.residual = block.residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,8 +111,8 @@ class FusedEfficientNetLite(nn.Module):
 
     def __init__(self, backbone: EfficientNetLite) -> None:
         super().__init__()
-        self.stem = _SameFused(backbone._conv_stem, backbone._bn0)
-        self.blocks = nn.ModuleList(_FusedBlock(b) for b in backbone._blocks)
+        self.stem = SameFused(backbone._conv_stem, backbone._bn0)
+        self.blocks = nn.ModuleList(FusedBlock(b) for b in backbone._blocks)
         self.taps = sorted(backbone._taps)
         self.levels = backbone.levels
         self.normalisation = backbone.normalisation
