@@ -45,7 +45,10 @@ FOLDS = {
 # The shipped model's recipe (README, Training), with the fold's sequences held out: the head's
 # settings (also those of gpu_round.sh's fine-tuning) and the cached-feature training.
 HEAD_RECIPE = "--skip 1.0 --margin 0.3 --hidden 64 --weight-decay 0.05 --infer spatial_weight=1.0 --seed 0"
-CACHE_RECIPE = "--steps 600 --cache-features --cache-crop 0.75 --cache-flip --cache-max-size 512 --cache-paste 0.5"
+CACHE_RECIPE = (
+    "--steps 600 --cache-features --cache-crop 0.75 --cache-flip --cache-max-size 512 --cache-paste 0.5"
+    " --cache-paste-objects 3"
+)
 RECIPE = f"{HEAD_RECIPE} {CACHE_RECIPE}"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "davis2016-train"
 CV_ROOT = ROOT / "runs" / "cv-davis"
