@@ -87,9 +87,9 @@ PresetOption = Annotated[
     typer.Option(
         "--preset",
         help="fast: max side 512, twice the default's speed on 2 CPU cores, cross-validation J&F 0.831 "
-        "against 0.867; balanced: the defaults (max side 768, the learned refiner then the bilateral "
+        "against 0.875; balanced: the defaults (max side 768, the learned refiner then the bilateral "
         "solver, at 512); accurate: max side 896 and refinement at 640, 0.8x the default's speed and no better on the "
-        "cross-validation (J&F 0.868) (README, Results). "
+        "cross-validation (J&F 0.872) (README, Results). "
         "Options given beside it win.",
     ),
 ]
