@@ -65,8 +65,8 @@ class FrameEmbedder:
         self.dtype = reduced_precision(self.device) if half else None
         self.runtime = resolve_runtime(runtime, self.device, self.dtype is not None)
         self._fast: EmbeddingModel | None = None
-        self._onnx: OnnxEmbedding | None = None
-        self._openvino: OpenVinoEmbedding | None = None
+        # The exported graph compiled by the runtime ("onnx" or "openvino"), once per embedder.
+        self._exported: OnnxEmbedding | OpenVinoEmbedding | None = None
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (h, w, 3) uint8 RGB at the processing size."""
@@ -89,14 +89,14 @@ class FrameEmbedder:
         return [PixelSet(keys[i].contiguous(), coords[i].reshape(3, -1).T, empty) for i in range(len(images))]
 
     def _network(self, batch: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        if self.runtime == "openvino":
-            if self._openvino is None:
-                self._openvino = OpenVinoEmbedding.for_model(self.model, bfloat16=self.dtype is not None)
-            return self._openvino(batch, coords)
-        if self.runtime == "onnx":
-            if self._onnx is None:
-                self._onnx = OnnxEmbedding.for_model(self.model)
-            return self._onnx(batch, coords)
+        if self.runtime in ("openvino", "onnx"):
+            if self._exported is None:
+                self._exported = (
+                    OpenVinoEmbedding.for_model(self.model, bfloat16=self.dtype is not None)
+                    if self.runtime == "openvino"
+                    else OnnxEmbedding.for_model(self.model)
+                )
+            return self._exported(batch, coords)
         if self.dtype is not None:
             with torch.autocast(self.device.type, dtype=self.dtype):
                 return self.model.embed_at(batch, coords)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import io
 import os
 import warnings
@@ -163,13 +164,17 @@ def cached_per_model(model: EmbeddingModel, key: tuple, build):
     return per_model[key][1]
 
 
-def onnxruntime_available() -> bool:
+def _importable(*modules: str) -> bool:
     try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
-        import onnxruntime  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     except ImportError:
         return False
     return True
+
+
+def onnxruntime_available() -> bool:
+    return _importable("onnx", "onnxruntime")  # onnx: torch's exporter needs it
 
 
 def cache_dir() -> Path:
@@ -269,12 +274,7 @@ class OnnxEmbedding:
 
 
 def openvino_available() -> bool:
-    try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _importable("onnx", "openvino")  # onnx: torch's exporter needs it
 
 
 def resolve_runtime(name: str, device: torch.device, reduced: bool) -> str:
