@@ -81,13 +81,16 @@ def train(fold: str, data: Path, threads: int, seed: int, extra: str = "", tag: 
     subprocess.run(cmd, check=True)
 
 
-def train_refiner(fold: str, data: Path, threads: int, seed: int) -> None:
+def train_refiner(fold: str, data: Path, threads: int, seed: int, extra: str = "", tag: str = "") -> None:
     """The learned boundary refiner (vosctl train-refiner, its default recipe) without the fold's
-    sequences, in runs/cv/FOLD/refiner.pt (or runs/cv/FOLD-sN for another seed)."""
-    out = RUNS / (fold if seed == 0 else f"{fold}-s{seed}")
+    sequences, in runs/cv/FOLD/refiner.pt (or runs/cv/FOLD-sN for another seed); with ``extra``
+    options after the recipe's (e.g. '--steps 2400'), in runs/cv/FOLD-TAG[-sN]."""
+    name = f"{fold}-{tag}" if tag else fold
+    out = RUNS / (name if seed == 0 else f"{name}-s{seed}")
     cmd = [
         sys.executable, "-m", "vosctl", "train-refiner", "--data", str(data), "--sequences",
         str(RUNS / f"{fold}-train.txt"), "--out", str(out), "--threads", str(threads), "--seed", str(seed),
+        *extra.split(),
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
 
@@ -154,6 +157,8 @@ def main() -> None:
     tref.add_argument("--data", type=Path, default=DEFAULT_DATA)
     tref.add_argument("--threads", type=int, default=1)
     tref.add_argument("--seed", type=int, default=0)
+    tref.add_argument("--extra", default="", help="Options after the recipe's, e.g. '--steps 2400'.")
+    tref.add_argument("--tag", default="", help="With --extra: train into runs/cv/FOLD-TAG[-sSEED].")
     ev = sub.add_parser("eval")
     ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
     ev.add_argument("--folds", default=",".join(FOLDS))
@@ -170,7 +175,9 @@ def main() -> None:
             parser.error("--extra needs a --tag, so the recipe's own fold models are not overwritten.")
         train(args.fold, args.data, args.threads, args.seed, args.extra, args.tag)
     elif args.command == "train-refiner":
-        train_refiner(args.fold, args.data, args.threads, args.seed)
+        if args.extra and not args.tag:
+            parser.error("--extra needs a --tag, so the recipe's own fold refiners are not overwritten.")
+        train_refiner(args.fold, args.data, args.threads, args.seed, args.extra, args.tag)
     else:
         import torch
 

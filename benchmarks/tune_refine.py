@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--folds", default=",".join(FOLDS))
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fold-models", metavar="PATTERN", help="Fold model files other than runs/cv/FOLD/model.pt, "
+                        "e.g. runs/cv/{fold}-paste3/model.pt.")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = dict(parse_variant(v) for v in args.variant)
@@ -128,9 +130,10 @@ def main() -> None:
     per_seq: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in variants}
     start = time.time()
     for fold in args.folds.split(","):
-        model = build_model(str(fold_model(fold)), "cpu")
+        model_file = str(fold_model(fold, args.fold_models))
+        model = build_model(model_file, "cpu")
         config = session_config_for(model, **overrides)
-        stamp = fingerprint(str(fold_model(fold)), config)
+        stamp = fingerprint(model_file, config)
         refiners = {name: factory(fold) for name, factory in variants.items()}
         for seq in read_split(CV_ROOT, fold):
             frames, probs, truths = coarse_sequence(model, config, seq, ROOT / "runs" / "coarse-cache" / stamp)
