@@ -60,6 +60,11 @@ class PixelSet:
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
+    def subset(self, index: torch.Tensor) -> PixelSet:
+        """The pixels at ``index``; the labels too where there is one per pixel (a frame's have none)."""
+        labels = self.labels[index] if len(self.labels) == len(self) else self.labels
+        return PixelSet(self.keys[index], self.coords[index], labels)
+
     @staticmethod
     def concat(parts: list[PixelSet]) -> PixelSet:
         return PixelSet(

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from engine.config import SessionConfig
 from engine.errors import VosError
+from engine.interior import QueryPlan, blocks_to_redo, plan_queries, settled_cells
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank
 from engine.motion import GridFlow, warp_back
 from engine.retrieval import knn_probabilities
@@ -102,32 +103,65 @@ class Propagator:
         moved = self._moved_previous(grid, flow)  # (K + 1, gh, gw) or None
         reach = self._reach(moved)  # (M, K) or None
         num_slots = self.registry.num_slots
-        region = None
-        if reach is not None and self.config.prior_gate:
-            inside = (reach > self.config.prior_floor).any(dim=1).float().reshape(1, 1, *grid)
-            m = self.config.gate_margin
-            if m > 0:  # a band beyond the prior's reach is still retrieved (and damped by the floor)
-                inside = F.max_pool2d(inside, 2 * m + 1, stride=1, padding=m)
-            region = torch.nonzero(inside.reshape(-1) > 0).squeeze(1)
-            if len(region) == len(pixels):
-                region = None
-        # Cells no object can reach are background; only the others are retrieved (and projected).
-        query = pixels if region is None else PixelSet(pixels.keys[region], pixels.coords[region], pixels.labels)
-        query = self._project(query)
-        if region is None:
-            probs, _ = knn_probabilities(query, self._bank(), num_slots, self.config.retrieval)
+        plan, label = self._plan(moved, reach, grid)
+        if plan is None:
+            probs = self._retrieve(pixels, num_slots)
         else:
-            probs = torch.zeros(len(pixels), num_slots, device=self.device)
-            probs[:, 0] = 1.0
-            if len(region):
-                probs[region], _ = knn_probabilities(query, self._bank(), num_slots, self.config.retrieval)
+            probs = self._retrieve_planned(pixels, plan, label, num_slots)
         probs = self._apply_prior(probs, reach)
         probs = self._apply_identity(probs, moved)
         if self.config.online and remember:
-            self._remember(query, probs if region is None else probs[region])
+            self._remember(pixels, probs, None if plan is None else torch.cat([plan.query, plan.filled]))
         grid_probs = probs.T.reshape(num_slots, *grid).float()
         self._previous = grid_probs
         return grid_probs
+
+    def _plan(
+        self, moved: torch.Tensor | None, reach: torch.Tensor | None, grid: tuple[int, int]
+    ) -> tuple[QueryPlan | None, torch.Tensor | None]:
+        """Which cells retrieval labels (engine.interior), and the moved labels; (None, None): every cell.
+
+        The gate (``prior_gate``) leaves out the cells no object can reach (plus ``gate_margin``);
+        of the settled cells of the rest, one in ``interior_stride`` along each axis is retrieved,
+        unless an object is lost."""
+        inside = torch.ones(grid, dtype=torch.bool, device=self.device)
+        if reach is not None and self.config.prior_gate:
+            reached = (reach > self.config.prior_floor).any(dim=1).float().reshape(1, 1, *grid)
+            m = self.config.gate_margin
+            if m > 0:  # a band beyond the prior's reach is still retrieved (and damped by the floor)
+                reached = F.max_pool2d(reached, 2 * m + 1, stride=1, padding=m)
+            inside = reached[0, 0] > 0
+        stride = self.config.interior_stride
+        # A lost object may be anywhere, in what the previous frame took for settled background.
+        if moved is not None and stride > 1 and not self._lost(moved).any():
+            settled, label = settled_cells(moved, self.config.interior_level, self.config.interior_band)
+            plan = plan_queries(inside, settled, stride)
+        else:
+            plan, label = plan_queries(inside, torch.zeros_like(inside), 1), None
+        if len(plan.query) == inside.numel():
+            return None, None
+        return plan, label
+
+    def _retrieve(self, pixels: PixelSet, num_slots: int) -> torch.Tensor:
+        """(M, K + 1) label probabilities of ``pixels`` (projected here) from the bank and the memory."""
+        probs, _ = knn_probabilities(self._project(pixels), self._bank(), num_slots, self.config.retrieval)
+        return probs
+
+    def _retrieve_planned(
+        self, pixels: PixelSet, plan: QueryPlan, label: torch.Tensor | None, num_slots: int
+    ) -> torch.Tensor:
+        """(M, K + 1): the planned cells retrieved, the filled ones copied from their anchors (or
+        retrieved after all where an anchor changed), every other cell background."""
+        probs = torch.zeros(len(pixels), num_slots, device=self.device)
+        probs[:, 0] = 1.0
+        if len(plan.query):
+            probs[plan.query] = self._retrieve(pixels.subset(plan.query), num_slots)
+        if len(plan.filled):
+            probs[plan.filled] = probs[plan.anchor]
+            redo = blocks_to_redo(plan, probs, label, self.config.interior_level, self.config.interior_stride)
+            if len(redo):
+                probs[redo] = self._retrieve(pixels.subset(redo), num_slots)
+        return probs
 
     def carry(self, flow: torch.Tensor | None) -> torch.Tensor:
         """A frame between key frames -> (K + 1, gh, gw): the last probabilities moved along the flow."""
@@ -237,12 +271,15 @@ class Propagator:
         objects = weighted * (mass / weighted.sum(dim=1, keepdim=True).clamp_min(1e-12))
         return torch.cat([probs[:, :1], objects], dim=1)
 
-    def _remember(self, query: PixelSet, probs: torch.Tensor) -> None:
-        """Confident retrieved pixels of this frame (``query``, their ``probs``) join the online
-        memory (at most ``memory_per_frame``)."""
-        confidence, labels = probs.max(dim=1)
+    def _remember(self, pixels: PixelSet, probs: torch.Tensor, cells: torch.Tensor | None) -> None:
+        """Confident labelled cells of this frame (``cells`` of ``pixels``, None: all; ``probs`` of
+        every cell) join the online memory (at most ``memory_per_frame``), projected. Cells that
+        copied a retrieved neighbour count as well: they are as sure as it, and without them the
+        memory would draw more of its pixels from near the boundaries."""
+        confidence, labels = (probs if cells is None else probs[cells]).max(dim=1)
         chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
         if len(chosen) > self.config.memory_per_frame:
             pick = torch.randperm(len(chosen), generator=self._generator)[: self.config.memory_per_frame]
             chosen = chosen[pick.to(chosen.device)]
-        self.memory.add(PixelSet(query.keys[chosen], query.coords[chosen], labels[chosen]))
+        joining = self._project(pixels.subset(chosen if cells is None else cells[chosen]))
+        self.memory.add(PixelSet(joining.keys, joining.coords, labels[chosen]))

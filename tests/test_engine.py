@@ -506,7 +506,13 @@ def test_prior_gate_retrieves_only_where_an_object_can_be(tiny_model):
     results = {}
     for gate in (False, True):
         config = SessionConfig(
-            refine="none", prior_gate=gate, gate_margin=0, prior_radius=1, prior_flow=False, max_size=128
+            refine="none",
+            prior_gate=gate,
+            gate_margin=0,
+            prior_radius=1,
+            prior_flow=False,
+            max_size=128,
+            interior_stride=1,  # the gate alone
         )
         session = VideoSession(tiny_model, config)
         session.step(frame, mask)

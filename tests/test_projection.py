@@ -45,6 +45,7 @@ def test_only_the_gated_cells_are_projected_and_the_memory_keeps_projected_keys(
             prior_flow=False,
             memory_threshold=0.5,
             bank_stride=1,
+            interior_stride=1,
         ),
     )
     projected: list[int] = []
@@ -54,10 +55,13 @@ def test_only_the_gated_cells_are_projected_and_the_memory_keeps_projected_keys(
     assert projected == []  # the reference only fits the directions
     session.step(frame)
     cells = len(session.bank)  # the whole grid of the annotated frame
+    limit = session.config.memory_per_frame
     assert 0 < projected[0] < cells  # the frame's query: only the cells near the object
-    assert projected[1:] == [cells]  # the bank, once
+    assert projected[1] == cells  # the bank, once
+    assert len(projected) == 3 and 0 < projected[2] <= limit  # the pixels joining the memory
     session.step(frame)
-    assert len(projected) == 3 and projected[2] < cells  # this frame's query only: the projected bank is cached
+    # this frame's query and memory pixels only: the projected bank is cached
+    assert len(projected) == 5 and projected[3] < cells and projected[4] <= limit
     assert len(session.memory) > 0
     assert session.memory.pixels().keys.shape[1] == 12
 
