@@ -116,8 +116,9 @@ class SessionConfig:
     # cell, and the blocks around one whose retrieved cell changed are retrieved after all. 1: every
     # cell is retrieved. Bear at 480p: 1,900 -> 870 query cells, retrieval 0.050 -> 0.023 s a frame
     # on one core. Five-fold cross-validation, J&F, two seeds of fold models: 0.872 -> 0.873 and
-    # 0.865 -> 0.874 (12 / 18 and 15 / 15 sequences better / worse); band 2 lost 0.3-0.6 with the
-    # memory drawn from the retrieved cells only. README, thirteenth round.
+    # 0.865 -> 0.874 (12 / 18 and 15 / 15 sequences better / worse), with the eleventh round's
+    # fold models 0.875 -> 0.871 and 0.862 -> 0.862; band 2 lost 0.3-0.6 with the memory drawn
+    # from the retrieved cells only. README, thirteenth round.
     interior_stride: int = 2
     interior_level: float = 0.9
     interior_band: int = 1
