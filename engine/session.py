@@ -69,7 +69,11 @@ class VideoSession:
         # On a GPU the refiner solves on the device (engine.refiners), so probabilities reach the
         # host once, as the ids the outputs need.
         if refiner is None:
-            params = BilateralParams(max_side=self.config.refine_size or None, lam=self.config.refine_lambda)
+            params = BilateralParams(
+                max_side=self.config.refine_size or None,
+                lam=self.config.refine_lambda,
+                iterations=self.config.refine_iterations,
+            )
             refiner = make_refiner(
                 self.config.refine,
                 self.device,

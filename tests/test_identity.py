@@ -10,6 +10,7 @@ import torch
 from engine.bilateral_params import BilateralParams
 from engine.config import SessionConfig
 from engine.embedder import processing_size
+from engine.errors import VosError
 from engine.propagation import Propagator
 from trainer.composite import Path, cut_out, paste
 
@@ -109,8 +110,12 @@ def test_cut_out_and_path():
 def test_refinement_settings_reach_the_solver(tiny_model):
     from engine.session import VideoSession
 
-    session = VideoSession(tiny_model, SessionConfig(refine="bilateral", refine_size=512, refine_lambda=512.0))
+    config = SessionConfig(refine="bilateral", refine_size=512, refine_lambda=512.0, refine_iterations=7)
+    session = VideoSession(tiny_model, config)
     assert session.refiner.params.max_side == 512 and session.refiner.params.lam == 512.0
+    assert session.refiner.params.iterations == 7
+    with pytest.raises(VosError, match="iteration"):
+        SessionConfig(refine_iterations=0)
     full = VideoSession(tiny_model, SessionConfig(refine="bilateral", refine_size=0))
     assert full.refiner.params.max_side is None
     # The default chain: the learned refiner works at the solver's resolution (0: the frame's own).
