@@ -86,10 +86,10 @@ PresetOption = Annotated[
     Preset | None,
     typer.Option(
         "--preset",
-        help="fast: max side 512, every cell retrieved, 1.7x the default's speed on 2 CPU cores, "
-        "cross-validation J&F 0.835 against 0.873; balanced: the defaults (max side 768, sparse queries in "
+        help="fast: max side 512, every cell retrieved, 1.6x the default's speed on 2 CPU cores, "
+        "cross-validation J&F 0.835 against 0.872; balanced: the defaults (max side 768, sparse queries in "
         "settled regions, the learned refiner then the bilateral solver, at 512); accurate: max side 896, every "
-        "cell retrieved, refinement at 640, 0.7x the default's speed, J&F 0.876 (README, Results). "
+        "cell retrieved, refinement at 640, 0.6x the default's speed, J&F 0.876 (README, Results). "
         "Options given beside it win.",
     ),
 ]
