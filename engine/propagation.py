@@ -135,9 +135,9 @@ class Propagator:
         # A lost object may be anywhere, in what the previous frame took for settled background.
         if moved is not None and stride > 1 and not self._lost(moved).any():
             settled, label = settled_cells(moved, self.config.interior_level, self.config.interior_band)
-            plan = plan_queries(inside, settled, stride)
         else:
-            plan, label = plan_queries(inside, torch.zeros_like(inside), 1), None
+            settled, label = torch.zeros_like(inside), None  # nothing settled: every inside cell is queried
+        plan = plan_queries(inside, settled, stride)
         if len(plan.query) == inside.numel():
             return None, None
         return plan, label
