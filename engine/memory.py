@@ -60,7 +60,7 @@ class PixelSet:
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
-    def subset(self, index: torch.Tensor) -> PixelSet:
+    def subset(self, index: torch.Tensor | slice) -> PixelSet:
         """The pixels at ``index``; the labels too where there is one per pixel (a frame's have none)."""
         labels = self.labels[index] if len(self.labels) == len(self) else self.labels
         return PixelSet(self.keys[index], self.coords[index], labels)
@@ -131,9 +131,7 @@ class OnlineMemory:
         if self.capacity == 0 or len(pixels) == 0:
             return
         if len(pixels) > self.capacity:
-            pixels = PixelSet(
-                pixels.keys[: self.capacity], pixels.coords[: self.capacity], pixels.labels[: self.capacity]
-            )
+            pixels = pixels.subset(slice(self.capacity))
         self._frames.append(pixels)
         self._size += len(pixels)
         while self._size > self.capacity:

@@ -37,6 +37,7 @@ class Propagator:
         self._gram_pixels = 0  # how many keys that sum holds
         self._projection: torch.Tensor | None = None  # (D, project_dim)
         self._projected: tuple[PixelSet, PixelSet] | None = None  # (the bank's pixels, projected)
+        self._searched: tuple[PixelSet, PixelSet, PixelSet] | None = None  # (bank, memory, both)
         self._flow = GridFlow() if config.prior_flow and config.prior_floor < 1.0 else None
 
     def motion(self, small: np.ndarray, grid: tuple[int, int]) -> torch.Tensor | None:
@@ -201,7 +202,8 @@ class Propagator:
         return PixelSet(pixels.keys @ self._projection, pixels.coords, pixels.labels)
 
     def _bank(self) -> PixelSet:
-        """The bank (projected, cached until the bank or the projection changes) and the memory."""
+        """The bank (projected, cached until the bank or the projection changes) and the memory
+        (concatenated, cached until either changes)."""
         bank = self.bank.pixels()
         if bank is None:
             raise VosError("The first frame needs a mask: the session has no reference yet.")
@@ -210,7 +212,12 @@ class Propagator:
                 self._projected = (bank, self._project(bank))
             bank = self._projected[1]
         memory = self.memory.pixels()
-        return bank if memory is None else PixelSet.concat([bank, memory])
+        if memory is None:
+            return bank
+        # A frame with a redo retrieves twice from the same bank and memory: concatenated once.
+        if self._searched is None or self._searched[0] is not bank or self._searched[1] is not memory:
+            self._searched = (bank, memory, PixelSet.concat([bank, memory]))
+        return self._searched[2]
 
     def _moved_previous(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
         """(K + 1, gh, gw): the previous frame's probabilities moved along the flow; None when there

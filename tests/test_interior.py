@@ -91,8 +91,11 @@ def test_sparse_queries_segment_like_full_ones_with_fewer_queries(tiny_model, mo
         assert (full == sparse).mean() > 0.98
 
 
-def test_an_object_entering_a_settled_region_is_found():
-    """A block whose retrieved cell changed is retrieved whole, not copied from the old label."""
+def _square_scene():
+    """A propagator given a 3x3 object on a 12x16 grid of one background key -> (propagator, keys,
+    coords, grid)."""
+    from engine.memory import PixelSet
+
     propagator = propagation.Propagator(
         SessionConfig(refine="none", project_dim=0, interior_stride=2, prior_gate=False), torch.device("cpu")
     )
@@ -105,9 +108,15 @@ def test_an_object_entering_a_settled_region_is_found():
     mask = np.zeros(grid, np.uint8)
     mask[2:5, 2:5] = 1
     keys[torch.from_numpy(mask.reshape(-1) > 0)] = colour
+    propagator.reference(PixelSet(keys, coords, torch.zeros(0, dtype=torch.long)), mask, grid)
+    return propagator, keys, coords, grid, colour
+
+
+def test_an_object_entering_a_settled_region_is_found():
+    """A block whose retrieved cell changed is retrieved whole, not copied from the old label."""
     from engine.memory import PixelSet
 
-    propagator.reference(PixelSet(keys, coords, torch.zeros(0, dtype=torch.long)), mask, grid)
+    propagator, keys, coords, grid, colour = _square_scene()
     later = keys.clone()  # the object stays where it was
     entering = np.zeros(grid, bool)
     entering[8:10, 9:11] = True  # a 2x2 block of a look-alike, deep in the settled background
@@ -115,6 +124,22 @@ def test_an_object_entering_a_settled_region_is_found():
     probs = propagator.propagate(PixelSet(later, coords, torch.zeros(0, dtype=torch.long)), grid, None)
     found = probs.argmax(0).numpy() == 1
     assert found[entering].all() and found[2:5, 2:5].all() and found.sum() == 9 + 4
+
+
+def test_the_bank_and_the_memory_are_joined_once_until_either_changes():
+    """A frame with a redo searches the same pixels twice: one concatenation, refreshed when the
+    memory takes in a frame."""
+    from engine.memory import PixelSet
+
+    propagator, keys, coords, grid, _ = _square_scene()
+    frame = PixelSet(keys, coords, torch.zeros(0, dtype=torch.long))
+    propagator.propagate(frame, grid, None)
+    searched = propagator._bank()
+    assert propagator._bank() is searched
+    assert len(searched) == len(propagator.bank) + len(propagator.memory) > len(propagator.bank)
+    propagator.propagate(frame, grid, None)  # the memory takes in this frame's sure cells
+    again = propagator._bank()
+    assert again is not searched and len(again) == len(propagator.bank) + len(propagator.memory) > len(searched)
 
 
 @pytest.mark.parametrize("settings", [{"interior_stride": 0}, {"interior_level": 1.5}])
