@@ -28,6 +28,8 @@ def train_refiner(
     encoder: Annotated[
         str, typer.Option("--encoder", help="The frozen EfficientNet-Lite whose first layers the refiner reads.")
     ] = "efficientnet_lite0",
+    width: Annotated[int, typer.Option("--width", min=1, help="Channels of the head's stride-4 part.")] = 32,
+    fine: Annotated[int, typer.Option("--fine", min=1, help="Channels of the head's stride-2 part.")] = 16,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads torch may use.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the samples are a function of it.")] = 0,
     debug: DebugOption = False,
@@ -55,7 +57,7 @@ def train_refiner(
             every=every,
             threads=threads,
             seed=seed,
-            config=RefinerConfig(encoder=encoder),
+            config=RefinerConfig(encoder=encoder, width=width, fine=fine),
         )
         path = run(settings=settings, log=out.print)
         out.print(f"  wrote {path}")
