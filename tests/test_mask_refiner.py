@@ -198,8 +198,10 @@ def test_cli_trains_a_refiner(tmp_path, run_cli):
     root = make_davis(tmp_path / "davis", frames=3, size=64)
     out = tmp_path / "out"
     args = ["train-refiner", "--data", root, "--out", out, "--steps", "2", "--batch", "2", "--crop", "32"]
-    result = run_cli([*args, "--encoder", "tiny", "--threads", "1"])
+    result = run_cli([*args, "--encoder", "tiny", "--threads", "1", "--width", "8", "--fine", "4"])
     assert result.exit_code == 0, result.output
     assert (out / "refiner.pt").is_file() and "wrote" in result.output
+    net = load_refiner(out / "refiner.pt")
+    assert (net.config.width, net.config.fine) == (8, 4) and net.fine[-1].in_channels == 4
     bad = run_cli([*args, "--crop", "34", "--encoder", "tiny"])
     assert bad.exit_code == 1 and "multiple of 4" in bad.output
