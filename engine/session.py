@@ -1,9 +1,10 @@
 """One video, streamed: ``VideoSession.step(frame, mask=None) -> probabilities``.
 
 The session only wires the stages together and times them: embed (engine.embedder: stateless,
-runs ahead in batches), propagate (engine.propagation: bank, memory, prior; the only sequential
-state) and refine (engine.bilateral). Frames enter at any size; probabilities leave at the frame's
-full size. The engine never opens a file; decoding, encoding and progress bars stay outside.
+runs ahead in batches, or on another thread: ``embed_ahead``), propagate (engine.propagation:
+bank, memory, prior; the only sequential state) and refine (engine.bilateral). Frames enter at
+any size; probabilities leave at the frame's full size. The engine never opens a file; decoding,
+encoding and progress bars stay outside.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from engine.bilateral_refiner import BilateralRefiner
 from engine.config import ALIGN, REFINERS, SessionConfig, preset_settings
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError
+from engine.memory import PixelSet
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
@@ -30,6 +33,7 @@ from engine.refiners import make_refiner
 __all__ = [
     "ALIGN",
     "REFINERS",
+    "Embedded",
     "SessionConfig",
     "VideoSession",
     "channel_argmax",
@@ -37,6 +41,15 @@ __all__ = [
     "segment_video",
     "session_config_for",
 ]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A frame embedded ahead (:meth:`VideoSession.embed_ahead`) for the session's frame ``position``."""
+
+    position: int
+    pixels: PixelSet
+    small: np.ndarray  # the frame at the network's input size (its optical flow is taken there)
 
 
 class VideoSession:
@@ -144,6 +157,17 @@ class VideoSession:
         """
         return self.step_batch([frame], [mask])[0]
 
+    def embed_ahead(self, frame: np.ndarray, position: int) -> Embedded:
+        """Embed the frame :meth:`step_batch` will see as the session's ``position``-th (its
+        ``frame_index`` then), on another thread while this session propagates the frames before
+        it: the network no longer waits for retrieval, nor retrieval for the network. Safe beside
+        :meth:`step_batch` on one other thread; only for key frames (``keyframe_interval`` 1)."""
+        start = time.perf_counter()
+        small = self.embedder.prepare(frame)
+        embedded = Embedded(position, self.embedder.embed([small], [position / TIME_HORIZON])[0], small)
+        self.record_time("embed", start)
+        return embedded
+
     @torch.inference_mode()
     def step_batch(
         self,
@@ -151,6 +175,7 @@ class VideoSession:
         masks: Sequence[np.ndarray | None] | None = None,
         *,
         refine: bool = True,
+        embedded: Sequence[Embedded] | None = None,
     ) -> list[torch.Tensor]:
         """:meth:`step` for consecutive frames: the key frames among them are embedded in one batch,
         then each frame is propagated in order. The results equal those of :meth:`step` frame by
@@ -158,18 +183,26 @@ class VideoSession:
         refinement to the caller (:meth:`refine`, thread-safe), for example on another thread, and the
         probabilities on the refiner's device (the GPU with the torch solver); a frame
         given a mask returns that mask and is not refined. A 0/255 mask is object 1
-        (engine.objects.object_ids), as in the CLI."""
+        (engine.objects.object_ids), as in the CLI. ``embedded``: the frames' embeddings from
+        :meth:`embed_ahead`, one per frame, in place of embedding them here."""
         masks = [object_ids(m) if m is not None else None for m in masks] if masks is not None else [None] * len(frames)
         if len(masks) != len(frames):
             raise VosError("step_batch needs one mask (or None) per frame.")
         start = time.perf_counter()
         for offset, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
             self._check(frame, mask, self.frame_index + offset)
-        smalls = [self.embedder.prepare(frame) for frame in frames]
+        if embedded is not None:
+            self._check_embedded(embedded, len(frames))
         keys = self._key_frames(masks)
-        times = [(self.frame_index + i) / TIME_HORIZON for i in keys]
-        embedded = dict(zip(keys, self.embedder.embed([smalls[i] for i in keys], times), strict=True)) if keys else {}
-        start = self.record_time("embed", start)
+        if embedded is not None:
+            smalls = [item.small for item in embedded]
+            embedded = {i: embedded[i].pixels for i in keys}
+        else:
+            smalls = [self.embedder.prepare(frame) for frame in frames]
+            times = [(self.frame_index + i) / TIME_HORIZON for i in keys]
+            pixels = self.embedder.embed([smalls[i] for i in keys], times) if keys else []
+            embedded = dict(zip(keys, pixels, strict=True))
+            start = self.record_time("embed", start)
         h, w = smalls[0].shape[:2]
         grid = (h // OUTPUT_STRIDE, w // OUTPUT_STRIDE)
         results = []
@@ -206,6 +239,18 @@ class VideoSession:
         full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
         predicted = self.to_ids(self.refine(frame, self._for_refiner(full.float())))
         return merge_annotation(predicted, mask)
+
+    def _check_embedded(self, embedded: Sequence[Embedded], count: int) -> None:
+        """Embeddings given to :meth:`step_batch`: one per frame, each for the frame's own position
+        (its time enters the embedding), and only where every frame is a key frame."""
+        if self.config.keyframe_interval != 1:
+            raise VosError("Frames embedded ahead need a key frame on every frame (keyframe_interval 1).")
+        if len(embedded) != count:
+            raise VosError("step_batch needs one embedding per frame.")
+        for offset, item in enumerate(embedded):
+            if item.position != self.frame_index + offset:
+                expected = self.frame_index + offset
+                raise VosError(f"An embedding for frame {item.position} was given for frame {expected}.")
 
     def _key_frames(self, masks: Sequence[np.ndarray | None]) -> list[int]:
         """Positions in this batch of the frames the network sees: annotated frames and every

@@ -537,3 +537,29 @@ def test_gate_margin_retrieves_a_band_beyond_the_priors_reach(tiny_model):
     assert counts[0] < counts[2] < 16 * 16
     with pytest.raises(VosError):
         SessionConfig(gate_margin=-1)
+
+
+def test_frames_embedded_ahead_segment_as_frames_embedded_in_step(tiny_model):
+    """The CLI embeds each frame on a thread of its own (``embed_ahead``): the same masks, a frame
+    given a mask midway included; an embedding for another frame, or with key frames, is refused."""
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 255, size=(64, 96, 3), dtype=np.uint8) for _ in range(5)]
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[16:40, 24:56] = 1
+    later = np.zeros_like(mask)
+    later[8:30, 40:80] = 2
+    masks = [mask, None, None, later, None]
+    config = SessionConfig(refine="none", runtime="torch", half=False)
+    inline, ahead = VideoSession(tiny_model, config), VideoSession(tiny_model, config)
+    for i, (frame, given) in enumerate(zip(frames, masks, strict=True)):
+        expected = inline.step_batch([frame], [given])[0]
+        got = ahead.step_batch([frame], [given], embedded=[ahead.embed_ahead(frame, i)])[0]
+        assert torch.allclose(got, expected, atol=1e-5)
+    assert ahead.timings["embed"] > 0
+    wrong = ahead.embed_ahead(frames[0], 9)
+    with pytest.raises(VosError, match="frame 9"):
+        ahead.step_batch([frames[0]], embedded=[wrong])
+    assert ahead.frame_index == 5  # refused before anything changed
+    keyed = VideoSession(tiny_model, config.with_overrides(keyframe_interval=2))
+    with pytest.raises(VosError, match="key frame"):
+        keyed.step_batch([frames[0]], [mask], embedded=[keyed.embed_ahead(frames[0], 0)])

@@ -164,3 +164,41 @@ def test_memory_stays_flat_in_video_length_on_a_backward_pass(tiny_model, tmp_pa
     # refine/encode jobs of a frame and its probabilities, ~4 frame sizes each) may be full or empty
     # at the peak depending on thread timing: ~24 frame sizes either way, so allow 60.
     assert long - short < 60 * frame_bytes, (short, long)
+
+
+def test_the_network_thread_gives_the_masks_of_the_serial_pipeline(tiny_model, tmp_path, monkeypatch):
+    """With its threads the CLI embeds each frame of the forward pass a frame ahead, on a thread of
+    its own; the masks equal those of the serial pipeline (``encode_thread=False``), also when the
+    pass starts at a later mask."""
+    from engine.session import VideoSession, session_config_for
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        image = np.full((48, 64, 3), 40, np.uint8)
+        image[10:30, 8 + 2 * i : 28 + 2 * i] = (200, 60, 60)
+        cv2.imwrite(str(folder / f"{i:05d}.png"), image)
+    ids = np.zeros((48, 64), np.uint8)
+    ids[10:30, 16:36] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), ids)
+    config = session_config_for(tiny_model, max_size=64, refine="none")
+    ahead: list[int] = []
+    real = VideoSession.embed_ahead
+    monkeypatch.setattr(VideoSession, "embed_ahead", lambda self, f, p: ahead.append(p) or real(self, f, p))
+    outputs = {}
+    for threads in (True, False):
+        out = tmp_path / f"masks-{threads}"
+        segment_file(
+            video=folder,
+            masks=[f"4={tmp_path / 'mask.png'}"],
+            model=tiny_model,
+            config=config,
+            device="cpu",
+            overlay=False,
+            masks_dir=out,
+            encode_thread=threads,
+        )
+        outputs[threads] = np.stack([read_ids(p) for p in sorted(out.glob("*.png"))])
+    assert ahead == list(range(8))  # frames 4-11, the forward pass, each once, in the serial run none
+    assert outputs[True].shape[0] == 12 and np.array_equal(outputs[True], outputs[False])
+    assert outputs[True][11].any()

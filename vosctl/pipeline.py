@@ -1,9 +1,10 @@
 """``vosctl segment`` as a function: decode -> engine -> encode, frame by frame.
 
-Three threads: decoding runs ahead (vosctl.streams.Prefetch), the engine embeds ``batch`` frames at
-a time and propagates them in order, and refinement and encoding run behind it
-(vosctl.streams.Worker), so that the CPU's other core or the GPU's host side is not left idle.
-Outputs are written in decode order; both queues are bounded.
+Four threads: decoding runs ahead (vosctl.streams.Prefetch), the network embeds each frame on a
+thread of its own one frame ahead (:func:`embed_ahead`; with ``batch`` > 1 the engine embeds that
+many frames at a time itself), the engine propagates them in order, and refinement and encoding
+run behind it (vosctl.streams.Worker), so that the CPU's other core or the GPU's host side is not
+left idle. Outputs are written in decode order; every queue is bounded.
 
 Masks may be given on any frames (vosctl.annotations). Frames before the pass's start are kept in a
 temporary store as they are decoded, segmented backwards from the start (vosctl.backward) and
@@ -13,14 +14,14 @@ written out before it, so the video is decoded once and memory stays flat in its
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine.session import SessionConfig, VideoSession
+from engine.session import Embedded, SessionConfig, VideoSession
 from vosctl.annotations import Direction
 from vosctl.backward import FrameStore, run_backward
 from vosctl.encode import VideoWriter
@@ -52,6 +53,16 @@ def overlay_preset_for(preset: str | None) -> str | None:
     """x264's speed for the overlay under a session preset: the fast preset trades file size for
     speed too (ultrafast: 8 instead of 17 ms of CPU a frame at 480p, 3.7x the file size)."""
     return "ultrafast" if preset == "fast" else None
+
+
+def embed_ahead(items: Iterable, session: VideoSession, first: int, out: dict[int, Embedded]) -> Iterator:
+    """``items`` as they come, each frame of the forward pass (decode index ``first`` on) embedded
+    into ``out[index]`` before it is passed on. Run on its own thread (Prefetch), the network works
+    on the next frame while the engine propagates this one."""
+    for item in items:
+        if isinstance(item, Frame) and item.index >= first:
+            out[item.index] = session.embed_ahead(item.image, item.index - first)
+        yield item
 
 
 def segment_file(
@@ -104,7 +115,7 @@ def segment_file(
     outputs = AtomicOutputs(plan)
     writers: list[VideoWriter] = []
     start = time.perf_counter()
-    decoded = worker = store = None
+    decoded = frames_in = worker = store = None
     try:
         outputs.start()
         with open_source(video, fps=fps) as source:
@@ -142,7 +153,8 @@ def segment_file(
 
             def flush(pending: list[Frame]) -> None:
                 given = [forward_masks.get(item.index) for item in pending]
-                probs = session.step_batch([item.image for item in pending], given, refine=False)
+                ready = [embedded.pop(item.index) for item in pending] if ahead else None
+                probs = session.step_batch([item.image for item in pending], given, refine=False, embedded=ready)
                 for item, p, mask in zip(pending, probs, given, strict=True):
                     worker.submit(item, p, mask is not None)
                 pending.clear()
@@ -180,7 +192,13 @@ def segment_file(
             if passes.backward_from is not None:
                 store = FrameStore()
             frames_seen = 0
-            decoded = Prefetch(source.items(), size=max(8, 2 * batch))
+            decoded = frames_in = Prefetch(source.items(), size=max(8, 2 * batch))
+            # The network on a thread of its own, a frame ahead of retrieval (single frames on the
+            # CPU, every frame a key frame): README, fourteenth round.
+            embedded: dict[int, Embedded] = {}
+            ahead = encode_thread and batch == 1 and config.keyframe_interval == 1 and passes.forward_from is not None
+            if ahead:
+                decoded = Prefetch(embed_ahead(frames_in, session, passes.forward_from, embedded), size=2)
             worker = Worker(write, size=max(4, batch), inline=not encode_thread)
             try:
                 early_audio: list[AudioPacket] = []  # audio that arrives before the first frame is decoded
@@ -230,6 +248,7 @@ def segment_file(
                 # (closing the input under a decoding thread crashed the process on Ctrl-C).
                 worker.abort()
                 decoded.close()
+                frames_in.close()
                 raise
         for writer in writers:
             writer.close()
@@ -238,15 +257,17 @@ def segment_file(
     except BaseException:
         if worker is not None:
             worker.abort()
-        if decoded is not None:
-            decoded.close()
+        for stream in (decoded, frames_in):
+            if stream is not None:
+                stream.close()
         for writer in writers:
             writer.abort()
         outputs.discard()
         raise
     finally:
-        if decoded is not None:
-            decoded.close()
+        for stream in (decoded, frames_in):
+            if stream is not None:
+                stream.close()
         if store is not None:
             store.close()
     result.seconds = time.perf_counter() - start
