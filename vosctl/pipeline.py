@@ -198,7 +198,8 @@ def segment_file(
             embedded: dict[int, Embedded] = {}
             ahead = encode_thread and batch == 1 and config.keyframe_interval == 1 and passes.forward_from is not None
             if ahead:
-                decoded = Prefetch(embed_ahead(frames_in, session, passes.forward_from, embedded), size=2)
+                frames = embed_ahead(frames_in, session, passes.forward_from, embedded)
+                decoded = Prefetch(frames, size=2, name="vosctl-embed")
             worker = Worker(write, size=max(4, batch), inline=not encode_thread)
             try:
                 early_audio: list[AudioPacket] = []  # audio that arrives before the first frame is decoded

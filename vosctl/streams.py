@@ -18,10 +18,10 @@ _END = object()
 class Prefetch(Generic[T]):
     """Iterates ``items`` on a thread, at most ``size`` ahead of the consumer."""
 
-    def __init__(self, items: Iterable[T], size: int = 4) -> None:
+    def __init__(self, items: Iterable[T], size: int = 4, *, name: str = "vosctl-decode") -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iter(items),), name="vosctl-decode", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(iter(items),), name=name, daemon=True)
         self._thread.start()
 
     def _put(self, value) -> bool:
