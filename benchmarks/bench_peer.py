@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vosctl.threads import configure_threads  # noqa: E402
+from vosctl.threads import compute_threads, configure_threads  # noqa: E402
 
 configure_threads()  # as the CLI does, before torch loads (for both tools alike)
 
@@ -130,21 +130,27 @@ def time_vosctl_engine(
 
 def time_vosctl_pipeline(video: Path, mask: Path, preset: str | None, settings: dict, workdir: Path) -> Timing:
     """``segment_file`` as ``vosctl segment CLIP --mask M --masks-dir DIR`` runs it: palette PNGs
-    and the overlay video (on by default)."""
+    and the overlay video (on by default), with the CLI's split of the threads between the network
+    and the engine (vosctl.threads.compute_threads)."""
     device = torch.device("cpu")
+    budget = torch.get_num_threads()
+    torch.set_num_threads(compute_threads(budget))
     model = build_model(None, device)
     cpu = time.process_time()
-    result = segment_file(
-        video=video,
-        mask=mask,
-        model=model,
-        config=session_config_for(model, preset=preset, **settings),
-        device=device,
-        output=workdir / "overlay.mp4",
-        masks_dir=workdir / "masks",
-        overlay_preset=overlay_preset_for(preset),
-        overwrite=True,
-    )
+    try:
+        result = segment_file(
+            video=video,
+            mask=mask,
+            model=model,
+            config=session_config_for(model, preset=preset, **settings),
+            device=device,
+            output=workdir / "overlay.mp4",
+            masks_dir=workdir / "masks",
+            overlay_preset=overlay_preset_for(preset),
+            overwrite=True,
+        )
+    finally:
+        torch.set_num_threads(budget)
     return Timing(result.frames, result.seconds, time.process_time() - cpu)
 
 

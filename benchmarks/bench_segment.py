@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vosctl.threads import configure_threads  # noqa: E402
+from vosctl.threads import compute_threads, configure_threads  # noqa: E402
 
 configure_threads()  # as the CLI does, before torch loads
 
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--no-encode-thread", action="store_true", help="Refine and encode in the main thread.")
     parser.add_argument("--repeat", type=int, default=2, help="Runs per case; the fastest is reported.")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(compute_threads(args.threads))  # as the CLI splits --threads
 
     start = time.perf_counter()
     with open_source(args.video) as source:
@@ -117,7 +117,10 @@ def main() -> None:
     del frames
     model = build_model(args.model)
     precisions = [p for p in args.precisions.split(",") if p == "float32" or cpu_has_native_bf16()]
-    print(f"video {args.video.name} at {width}x{height}; {args.threads} threads; CPU flags: {cpu_flags()}")
+    print(
+        f"video {args.video.name} at {width}x{height}; {args.threads} threads"
+        f" ({torch.get_num_threads()} per compute thread); CPU flags: {cpu_flags()}"
+    )
     print(f"preset {args.preset or 'balanced'}, settings {args.set or 'defaults'}; decode alone {decode:.4f} s/frame")
     rows = []
     for precision in precisions:

@@ -226,8 +226,8 @@ def test_folder_of_frames_as_input(tmp_path, davis_root, run_cli, tiny_model_fil
     torch.set_num_threads(2)
     try:
         args = ["segment", frames, "--mask", mask, "--model", tiny_model_file, "--masks-dir", tmp_path / "m"]
-        result = run_cli([*args, "--threads", "1"])
-        assert torch.get_num_threads() == 1, "--threads sets torch's thread count"
+        result = run_cli([*args, "--threads", "4"])
+        assert torch.get_num_threads() == 2, "--threads 4: two for each of the two compute threads"
     finally:
         torch.set_num_threads(before)
     assert result.exit_code == 0, result.output

@@ -1,4 +1,5 @@
-"""The CLI's thread policy: idle OpenMP threads sleep, unless the user chose otherwise."""
+"""The CLI's thread policy: idle OpenMP threads sleep, unless the user chose otherwise; the network's
+and the engine's thread teams share the cores."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import os
 import subprocess
 import sys
 
-from vosctl.threads import configure_threads
+import pytest
+
+from vosctl import threads
+from vosctl.threads import compute_threads, configure_threads
 
 
 def test_configure_threads_sets_passive_waiting_and_keeps_a_users_choice(monkeypatch):
@@ -35,3 +39,15 @@ print(seen)
 """
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['PASSIVE']"
+
+
+@pytest.mark.parametrize(("budget", "each"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
+def test_compute_threads_halves_the_budget(budget, each):
+    assert compute_threads(budget) == each
+
+
+def test_compute_threads_defaults_to_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert compute_threads() == 3
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _pid: {7}, raising=False)
+    assert compute_threads() == 1

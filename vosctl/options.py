@@ -72,7 +72,11 @@ FullPrecisionOption = Annotated[
 ]
 ThreadsOption = Annotated[
     int | None,
-    typer.Option("--threads", min=1, help="CPU threads torch may use (default: all cores; 1 on a busy machine)."),
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU cores to use (default: all); the network and the engine, which run at once, get half each.",
+    ),
 ]
 BatchOption = Annotated[
     int | None,

@@ -30,6 +30,7 @@ from vosctl.options import (
     ThreadsOption,
     session_overrides,
 )
+from vosctl.threads import compute_threads
 
 
 def batch(
@@ -76,8 +77,7 @@ def batch(
     --out results --resume
     """
     with reported_errors(debug):
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(compute_threads(threads))
         parts = parse_shard(shard) if shard is not None else None
         torch_device = resolve_device(device)
         rank, world = torchrun_rank()

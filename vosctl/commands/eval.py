@@ -31,6 +31,7 @@ from vosctl.options import (
     ThreadsOption,
     session_overrides,
 )
+from vosctl.threads import compute_threads
 
 eval_app = typer.Typer(help="Benchmarks, scored as the official evaluations.", no_args_is_help=True)
 
@@ -73,8 +74,7 @@ def davis16(
     from vosctl.evaluate import score_results, summary_table, write_report
 
     with reported_errors(debug):
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(compute_threads(threads))
         target = out_dir or (results if results is not None else Path("runs") / f"eval-{split}")
         if results is not None:
             summary = score_results(data=data, split=split, results=results, nproc=nproc)

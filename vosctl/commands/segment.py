@@ -30,6 +30,7 @@ from vosctl.options import (
 )
 from vosctl.pipeline import overlay_preset_for, segment_file
 from vosctl.preflight import check_segment
+from vosctl.threads import compute_threads
 
 
 def segment(
@@ -80,8 +81,7 @@ def segment(
 ) -> None:
     """Segment the object(s) of the masks in every frame of VIDEO (frames before the first mask backwards)."""
     with reported_errors(debug):
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(compute_threads(threads))
         # Bad arguments fail here, in a fraction of a second, not after the model has loaded.
         outputs = {"output": output, "overlay": not no_overlay, "masks_dir": masks_dir, "mask_video": mask_video}
         given = {"masks": mask or [], "masks_in": masks_in, "direction": direction.value if direction else None}
