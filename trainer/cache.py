@@ -7,8 +7,9 @@ the head trains on exactly the features it meets at inference. The price is augm
 is left is a random window (a fixed fraction of the frame, in whole cells of the coarsest level,
 which also shifts the (x, y) coordinates the head sees) and a horizontal flip of the feature maps,
 an approximation of the features of a flipped frame, and (``paste``) another sequence's object
-pasted beside the host's as a distractor (trainer.feature_paste). Labels are each grid cell's majority
-label, as the session labels its reference frame.
+pasted beside the host's as a distractor (trainer.feature_paste), and (``pseudo``) pseudo-videos:
+a frame and random warps of it (trainer.pseudo_video), whose features are cached beside the
+frames'. Labels are each grid cell's majority label, as the session labels its reference frame.
 
 With a ``store`` folder, each sequence's features are kept there and reused by later runs (the
 file is keyed by backbone, weights file name and size, and checked against the frame names).
@@ -35,6 +36,7 @@ from engine.factory import atomic_save
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from trainer.data import IGNORE, Sequence, _remap_ids
 from trainer.feature_paste import paste_distractor
+from trainer.pseudo_video import view_rng, warp_views
 
 
 def grid_labels(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -64,6 +66,9 @@ class FeatureCacheSet(Dataset):
         store: Path | None = None,
         paste: float = 0.0,
         paste_objects: int = 1,
+        pseudo: float = 0.0,
+        pseudo_views: int = 2,
+        pseudo_every: int = 3,
     ) -> None:
         if not sequences:
             raise VosError("The training set needs at least one sequence.")
@@ -86,6 +91,20 @@ class FeatureCacheSet(Dataset):
         if len(shapes) > 1:
             raise VosError("Cached features need frames of one size; train without --cache-features.")
         self.crop, self.flip, self.paste, self.paste_objects = crop, flip, paste, paste_objects
+        # Per sequence: the positions (in ``indices``) of the warped frames, and their views'
+        # features and labels, ``pseudo_views`` consecutive rows per frame.
+        self.pseudo, self.pseudo_views = pseudo, pseudo_views
+        self.pseudo_bases: list[list[int]] = []
+        self.pseudo_features: list[list[torch.Tensor]] = []
+        self.pseudo_labels: list[torch.Tensor] = []
+        if pseudo > 0:
+            for seq, kept in zip(sequences, self.indices, strict=True):
+                bases = list(range(0, len(kept), max(1, pseudo_every)))
+                frames = [seq.numbers.index(kept[b]) for b in bases]
+                feats, labels = self._load_or_embed_views(seq, frames, model, max_size, device, batch, store)
+                self.pseudo_bases.append(bases)
+                self.pseudo_features.append(feats)
+                self.pseudo_labels.append(labels)
         self.strides = [level.stride for level in model.backbone.levels]
         gh, gw = shapes.pop()
         tiles = all(
@@ -112,42 +131,52 @@ class FeatureCacheSet(Dataset):
         atomic_save({"frames": names, "features": features, "labels": labels}, path)
         return features, labels
 
-    @staticmethod
-    @torch.inference_mode()
-    def _embed_sequence(seq, keep, model, max_size, device, batch):
+    def _load_or_embed_views(self, seq, frames, model, max_size, device, batch, store: Path | None):
+        """The pseudo-video views of ``seq``'s frames ``frames``, from ``store`` when kept there."""
+        if store is None:
+            return self._embed_views(seq, frames, model, max_size, device, batch)
+        config = model.config
+        weights = Path(config.backbone_weights).stem if config.backbone_weights else "default"
+        name = f"{seq.name}-views{self.pseudo_views}-seed{self.seed}.pt"
+        path = Path(store) / f"{config.backbone}-{weights}-{max_size}" / "pseudo" / name
+        names = [seq.frames[i].name for i in frames]
+        if path.is_file():
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if payload.get("frames") == names:
+                return payload["features"], payload["labels"]
+        features, labels = self._embed_views(seq, frames, model, max_size, device, batch)
+        atomic_save({"frames": names, "features": features, "labels": labels}, path)
+        return features, labels
+
+    def _embed_views(self, seq, frames, model, max_size, device, batch):
+        """Features and grid labels of ``pseudo_views`` warps of each of ``frames`` (consecutive rows)."""
+        labels = _remap_ids(np.stack([read_annotation(seq.masks[i]) for i in frames]))
         images, masks = [], []
-        for i in keep:
-            with Image.open(seq.frames[i]) as image:
-                frame = np.array(image.convert("RGB"))
-            h, w = processing_size(frame.shape[0], frame.shape[1], max_size)
-            if (h, w) != frame.shape[:2]:
-                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-            images.append(torch.from_numpy(frame).permute(2, 0, 1))
-            masks.append(read_annotation(seq.masks[i]))
-        grid = (images[0].shape[1] // OUTPUT_STRIDE, images[0].shape[2] // OUTPUT_STRIDE)
-        labels = _remap_ids(np.stack(masks))
-        backbone = model.backbone
-        levels: list[list[torch.Tensor]] = []
-        for start in range(0, len(images), batch):
-            chunk = torch.stack(images[start : start + batch]).to(device).float()
-            out = backbone(backbone.normalisation.apply(chunk))
-            levels.append([f.half().cpu() for f in out])
-        features = [torch.cat(parts) for parts in zip(*levels, strict=True)]
-        return features, torch.stack([grid_labels(m, grid) for m in labels])
+        for i, label in zip(frames, labels, strict=True):
+            frame = _read_resized(seq.frames[i], max_size)
+            label = cv2.resize(label.astype(np.int16), frame.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+            rng = view_rng(self.seed, seq.name, seq.numbers[i])
+            for image, mask in warp_views(frame, label.astype(np.int64), rng, self.pseudo_views):
+                images.append(torch.from_numpy(image).permute(2, 0, 1))
+                masks.append(mask)
+        return _backbone_features(model, images, device, batch), _grid_labels_of(images, masks)
+
+    @staticmethod
+    def _embed_sequence(seq, keep, model, max_size, device, batch):
+        images = [torch.from_numpy(_read_resized(seq.frames[i], max_size)).permute(2, 0, 1) for i in keep]
+        labels = _remap_ids(np.stack([read_annotation(seq.masks[i]) for i in keep]))
+        return _backbone_features(model, images, device, batch), _grid_labels_of(images, labels)
 
     def __len__(self) -> int:
         return 2**62  # samples are drawn by index from an endless stream
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.rank, int(index)])
-        s = int(rng.integers(len(self.indices)))
-        n, f = len(self.indices[s]), self.frames_per_sample
-        picks = rng.choice(n, size=f, replace=n < f)
-        anchor = int(rng.integers(f))
-        order = [int(picks[anchor])] + [int(p) for i, p in enumerate(picks) if i != anchor]
-        frames = np.asarray([self.indices[s][i] for i in order])
-        features = [level[order].float() for level in self.features[s]]
-        labels = self.labels[s][order]
+        if self.pseudo > 0 and rng.random() < self.pseudo:
+            s, features, labels, frames = self._pseudo_sample(rng)
+        else:  # the draws of a recipe without pseudo-videos, unchanged
+            s, features, labels, frames = self._video_sample(rng)
+        f = self.frames_per_sample
         if self.paste > 0 and len(self.indices) > 1 and rng.random() < self.paste:
             others = [i for i in range(len(self.indices)) if i != s]
             # One donor, or 1..paste_objects of them from distinct sequences (each a label of its own).
@@ -172,6 +201,35 @@ class FeatureCacheSet(Dataset):
             "t": torch.tensor((frames - frames.min()) / TIME_HORIZON, dtype=torch.float32),
         }
 
+    def _video_sample(self, rng: np.random.Generator):
+        """``frames_per_sample`` cached frames of one sequence, the anchor frame first."""
+        s = int(rng.integers(len(self.indices)))
+        n, f = len(self.indices[s]), self.frames_per_sample
+        picks = rng.choice(n, size=f, replace=n < f)
+        anchor = int(rng.integers(f))
+        order = [int(picks[anchor])] + [int(p) for i, p in enumerate(picks) if i != anchor]
+        frames = np.asarray([self.indices[s][i] for i in order])
+        return s, [level[order].float() for level in self.features[s]], self.labels[s][order], frames
+
+    def _pseudo_sample(self, rng: np.random.Generator):
+        """A pseudo-video: one frame and its warped views (``frames_per_sample`` of the
+        ``pseudo_views + 1``, repeated if fewer), any of them the anchor, at random times 0-30
+        frames apart (the warps stand for that much motion)."""
+        s = int(rng.integers(len(self.pseudo_bases)))
+        b = int(rng.integers(len(self.pseudo_bases[s])))
+        v, f = self.pseudo_views, self.frames_per_sample
+        picks = [int(p) for p in rng.choice(v + 1, size=f, replace=v + 1 < f)]  # 0: the frame itself
+        base = self.pseudo_bases[s][b]
+
+        def rows(level_of_frames: torch.Tensor, level_of_views: torch.Tensor) -> torch.Tensor:
+            return torch.stack([level_of_frames[base] if p == 0 else level_of_views[b * v + p - 1] for p in picks])
+
+        features = [
+            rows(a, w).float() for a, w in zip(self.features[s], self.pseudo_features[s], strict=True)
+        ]  # fmt: skip
+        labels = rows(self.labels[s], self.pseudo_labels[s])
+        return s, features, labels, rng.integers(0, 31, size=f)
+
     def _crop(self, features: list[torch.Tensor], labels: torch.Tensor, rng: np.random.Generator):
         """One window, a fixed fraction of the frame, in whole cells of the coarsest level."""
         coarse = max(self.strides)
@@ -184,3 +242,31 @@ class FeatureCacheSet(Dataset):
             return x[..., y0 * r : (y0 + kh) * r, x0 * r : (x0 + kw) * r]
 
         return [window(f, s) for f, s in zip(features, self.strides, strict=True)], window(labels, OUTPUT_STRIDE)
+
+
+def _read_resized(path: Path, max_size: int) -> np.ndarray:
+    """(h, w, 3) uint8 RGB at the size the session feeds the network (INTER_AREA)."""
+    with Image.open(path) as image:
+        frame = np.array(image.convert("RGB"))
+    h, w = processing_size(frame.shape[0], frame.shape[1], max_size)
+    if (h, w) != frame.shape[:2]:
+        frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+@torch.inference_mode()
+def _backbone_features(model: EmbeddingModel, images: list[torch.Tensor], device, batch: int) -> list[torch.Tensor]:
+    """[(N, C_l, h_l, w_l)] float16 per level of the frozen backbone, for (3, h, w) uint8 images."""
+    backbone = model.backbone
+    levels: list[list[torch.Tensor]] = []
+    for start in range(0, len(images), batch):
+        chunk = torch.stack(images[start : start + batch]).to(device).float()
+        out = backbone(backbone.normalisation.apply(chunk))
+        levels.append([f.half().cpu() for f in out])
+    return [torch.cat(parts) for parts in zip(*levels, strict=True)]
+
+
+def _grid_labels_of(images: list[torch.Tensor], labels) -> torch.Tensor:
+    """(N, gh, gw) grid labels of full-size labels, the grid that of the (3, h, w) images."""
+    grid = (images[0].shape[1] // OUTPUT_STRIDE, images[0].shape[2] // OUTPUT_STRIDE)
+    return torch.stack([grid_labels(np.asarray(m), grid) for m in labels])

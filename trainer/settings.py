@@ -41,6 +41,9 @@ class DataSettings:
     # Share of samples with another sequence's object pasted beside the host's (trainer.feature_paste)
     cache_paste: float = 0.0
     cache_paste_objects: int = 1  # at most this many pasted objects a sample (1..N, each of another sequence)
+    # Share of samples that are pseudo-videos: a frame and random warps of it (trainer.pseudo_video)
+    cache_pseudo: float = 0.0
+    cache_pseudo_views: int = 2  # warped views per frame (of every third cached frame)
 
     def __post_init__(self) -> None:
         if self.crop < 32 or self.crop % 32:
@@ -55,6 +58,12 @@ class DataSettings:
             raise VosError("--cache-paste-objects must be at least 1.")
         if self.cache_paste > 0 and not self.cache_features:
             raise VosError("--cache-paste pastes into cached feature maps: add --cache-features.")
+        if not 0.0 <= self.cache_pseudo <= 1.0:
+            raise VosError("The share of pseudo-video samples must be in [0, 1].")
+        if self.cache_pseudo_views < 1:
+            raise VosError("--cache-pseudo-views must be at least 1.")
+        if self.cache_pseudo > 0 and not self.cache_features:
+            raise VosError("--cache-pseudo caches the warped frames' features: add --cache-features.")
         if not 0.0 < self.scale[0] <= self.scale[1]:
             raise VosError("The scale range must be positive and increasing.")
 

@@ -234,6 +234,8 @@ def _dataset(settings: TrainSettings, model: EmbeddingModel, device: torch.devic
         flip=data.cache_flip,
         paste=data.cache_paste,
         paste_objects=data.cache_paste_objects,
+        pseudo=data.cache_pseudo,
+        pseudo_views=data.cache_pseudo_views,
         store=data.cache_dir,
         seed=settings.seed,
         rank=rank,

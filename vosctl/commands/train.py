@@ -145,6 +145,19 @@ def train(
             help="With --cache-paste: at most this many pasted objects a sample (1 to N, each from another sequence).",
         ),
     ] = 1,
+    cache_pseudo: Annotated[
+        float,
+        typer.Option(
+            "--cache-pseudo",
+            min=0.0,
+            max=1.0,
+            help="With --cache-features: share of samples that are pseudo-videos, a frame and random warps of it.",
+        ),
+    ] = 0.0,
+    cache_pseudo_views: Annotated[
+        int,
+        typer.Option("--cache-pseudo-views", min=1, help="With --cache-pseudo: warped views of each frame."),
+    ] = 2,
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="With --cache-features: keep the features here for later runs.")
     ] = None,
@@ -234,6 +247,8 @@ def train(
                 cache_max_size=cache_max_size,
                 cache_paste=cache_paste,
                 cache_paste_objects=cache_paste_objects,
+                cache_pseudo=cache_pseudo,
+                cache_pseudo_views=cache_pseudo_views,
                 cache_dir=cache_dir,
             ),
             model=ModelSettings(
