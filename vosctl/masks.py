@@ -177,7 +177,10 @@ def fit_mask(mask: Mask, height: int, width: int, *, rotation: int = 0) -> Mask:
 
 
 def write_palette_png(path: Path, ids: np.ndarray, palette: np.ndarray) -> None:
-    """(H, W) uint8 ids -> an indexed PNG whose pixel values are the ids."""
+    """(H, W) uint8 ids -> an indexed PNG whose pixel values are the ids.
+
+    zlib's fastest level: at 854x480 a mask took 3.7 ms at PIL's default level 6 and 1.3 ms at
+    level 1, for files of about 3.6 instead of 2.4 KB; the mask PNGs are written on every frame."""
     image = Image.fromarray(ids, mode="P")
     image.putpalette(palette.reshape(-1).tolist())
-    image.save(path, format="PNG")
+    image.save(path, format="PNG", compress_level=1)

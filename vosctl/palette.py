@@ -28,18 +28,28 @@ def colourise(ids: np.ndarray, palette: np.ndarray) -> np.ndarray:
 def draw_overlay(frame: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Tint each object of ``ids`` (H, W) in its palette colour over ``frame`` (H, W, 3) RGB, outlined.
 
-    Whole-image OpenCV passes with a mask instead of boolean indexing: 27 ms -> 9 ms of CPU time at 480p.
+    OpenCV passes with a mask instead of boolean indexing (27 -> 9 ms of CPU time at 480p), over the
+    objects' bounding box only (plus the two pixels the outline needs), with the colours looked up
+    by ``cv2.LUT`` instead of ``palette[ids]``, which alone took 6 ms at 854x480: bear's frames 5.1-8.2
+    -> 0.35 ms (measured beside a training run), the same pixels.
     """
     fg = (ids > 0).view(np.uint8)
-    if not fg.any():
-        return frame.copy()
-    colours = palette[ids]
+    x, y, w, h = cv2.boundingRect(fg)
     out = frame.copy()
-    cv2.copyTo(cv2.addWeighted(frame, 1.0 - alpha, colours, alpha, 0.0), fg, out)
+    if w == 0:
+        return out
+    # The outline needs the ids one pixel beyond the box, and its thickening one more.
+    y0, x0 = max(0, y - 2), max(0, x - 2)
+    y1, x1 = min(ids.shape[0], y + h + 2), min(ids.shape[1], x + w + 2)
+    box = (slice(y0, y1), slice(x0, x1))
+    near, inside = ids[box], fg[box]
+    colours = cv2.LUT(cv2.merge([near, near, near]), np.ascontiguousarray(palette[:256], dtype=np.uint8)[None])
+    tinted = cv2.addWeighted(frame[box], 1.0 - alpha, colours, alpha, 0.0)
+    cv2.copyTo(tinted, inside, out[box])
     # An outline where the id changes to a neighbour, thickened to stay visible after compression.
-    edge = np.zeros(ids.shape, dtype=np.uint8)
-    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
-    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
-    edge = cv2.dilate(edge, np.ones((3, 3), np.uint8)) & fg
-    cv2.copyTo(colours, edge, out)
+    edge = np.zeros(near.shape, dtype=np.uint8)
+    edge[:, :-1] |= near[:, :-1] != near[:, 1:]
+    edge[:-1, :] |= near[:-1, :] != near[1:, :]
+    edge = cv2.dilate(edge, np.ones((3, 3), np.uint8)) & inside
+    cv2.copyTo(colours, edge, out[box])
     return out
