@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from engine.errors import VosError
 from engine.model import ModelConfig, create_model
@@ -90,7 +91,7 @@ def test_feature_cache_serves_pseudo_videos_of_warped_frames(tmp_path):
     model.backbone.stem[0].weight.data.zero_()
     again = FeatureCacheSet(seqs, model, frames_per_sample=3, max_size=64, every=1, seed=0, pseudo=1.0, store=store)
     assert torch.equal(again.pseudo_features[1][0], cache.pseudo_features[1][0])
-    assert len(list(Path(store).rglob("*views2-seed0.pt"))) == 2
+    assert len(list(Path(store).rglob("*-every1-views2-seed0.pt"))) == 2
 
 
 def test_a_share_of_the_samples_are_pseudo_videos(tmp_path):
@@ -114,3 +115,27 @@ def test_pseudo_videos_need_cached_features_and_a_share_in_range():
     with pytest.raises(VosError, match="--cache-pseudo-views"):
         DataSettings(root=Path("."), cache_features=True, cache_pseudo=0.3, cache_pseudo_views=0)
     assert DataSettings(root=Path("."), cache_features=True, cache_pseudo=0.3).cache_pseudo == 0.3
+
+
+def test_views_keep_the_object_ids_of_their_frames(tmp_path):
+    """Ids are numbered over all cached frames: a warped frame without object 1 still calls
+    object 2 by the label its own cached frame has."""
+    davis = make_davis(tmp_path / "davis", names=("m",), frames=6, objects=2)
+    masks = sorted((davis / "Annotations" / "480p" / "m").glob("*.png"))
+    for index in (0, 3):  # the warped frames (every third): object 1 is not in them
+        with Image.open(masks[index]) as image:
+            ids = np.array(image)
+            palette = image.getpalette()
+        ids[ids == 1] = 0
+        out = Image.fromarray(ids, mode="P")
+        out.putpalette(palette)
+        out.save(masks[index])
+    model = create_model(ModelConfig(backbone="tiny", head="embedding"))
+    cache = FeatureCacheSet(
+        [load_sequence(davis, "m")], model, frames_per_sample=3, max_size=64, every=1, seed=0, pseudo=1.0
+    )
+    for b, base in enumerate(cache.pseudo_bases[0]):
+        own = set(cache.labels[0][base].unique().tolist())
+        assert own == {0, 2}
+        for v in range(cache.pseudo_views):
+            assert set(cache.pseudo_labels[0][b * cache.pseudo_views + v].unique().tolist()) <= own | {IGNORE}

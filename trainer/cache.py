@@ -98,10 +98,10 @@ class FeatureCacheSet(Dataset):
         self.pseudo_features: list[list[torch.Tensor]] = []
         self.pseudo_labels: list[torch.Tensor] = []
         if pseudo > 0:
-            for seq, kept in zip(sequences, self.indices, strict=True):
-                bases = list(range(0, len(kept), max(1, pseudo_every)))
-                frames = [seq.numbers.index(kept[b]) for b in bases]
-                feats, labels = self._load_or_embed_views(seq, frames, model, max_size, device, batch, store)
+            for seq in sequences:
+                keep = list(range(0, len(seq.frames), max(1, every)))
+                bases = list(range(0, len(keep), max(1, pseudo_every)))
+                feats, labels = self._load_or_embed_views(seq, keep, bases, model, max_size, device, batch, store)
                 self.pseudo_bases.append(bases)
                 self.pseudo_features.append(feats)
                 self.pseudo_labels.append(labels)
@@ -131,26 +131,30 @@ class FeatureCacheSet(Dataset):
         atomic_save({"frames": names, "features": features, "labels": labels}, path)
         return features, labels
 
-    def _load_or_embed_views(self, seq, frames, model, max_size, device, batch, store: Path | None):
-        """The pseudo-video views of ``seq``'s frames ``frames``, from ``store`` when kept there."""
+    def _load_or_embed_views(self, seq, keep, bases, model, max_size, device, batch, store: Path | None):
+        """The pseudo-video views of the cached frames ``keep[b]`` for b in ``bases``, from
+        ``store`` when kept there."""
         if store is None:
-            return self._embed_views(seq, frames, model, max_size, device, batch)
+            return self._embed_views(seq, keep, bases, model, max_size, device, batch)
         config = model.config
         weights = Path(config.backbone_weights).stem if config.backbone_weights else "default"
-        name = f"{seq.name}-views{self.pseudo_views}-seed{self.seed}.pt"
+        every = keep[1] - keep[0] if len(keep) > 1 else 1
+        name = f"{seq.name}-every{every}-views{self.pseudo_views}-seed{self.seed}.pt"
         path = Path(store) / f"{config.backbone}-{weights}-{max_size}" / "pseudo" / name
-        names = [seq.frames[i].name for i in frames]
+        names = [seq.frames[keep[b]].name for b in bases]
         if path.is_file():
             payload = torch.load(path, map_location="cpu", weights_only=True)
             if payload.get("frames") == names:
                 return payload["features"], payload["labels"]
-        features, labels = self._embed_views(seq, frames, model, max_size, device, batch)
+        features, labels = self._embed_views(seq, keep, bases, model, max_size, device, batch)
         atomic_save({"frames": names, "features": features, "labels": labels}, path)
         return features, labels
 
-    def _embed_views(self, seq, frames, model, max_size, device, batch):
-        """Features and grid labels of ``pseudo_views`` warps of each of ``frames`` (consecutive rows)."""
-        labels = _remap_ids(np.stack([read_annotation(seq.masks[i]) for i in frames]))
+    def _embed_views(self, seq, keep, bases, model, max_size, device, batch):
+        """Features and grid labels of ``pseudo_views`` warps of each frame ``keep[b]`` (consecutive
+        rows), labelled as the cached frames are (ids numbered over all of ``keep``)."""
+        labels = _remap_ids(np.stack([read_annotation(seq.masks[i]) for i in keep]))[bases]
+        frames = [keep[b] for b in bases]
         images, masks = [], []
         for i, label in zip(frames, labels, strict=True):
             frame = _read_resized(seq.frames[i], max_size)
