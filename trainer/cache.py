@@ -116,39 +116,23 @@ class FeatureCacheSet(Dataset):
 
     def _load_or_embed(self, seq, keep, model, max_size, device, batch, store: Path | None):
         """Features and labels of ``seq``, from ``store`` when an earlier run left them there."""
-        if store is None:
-            return self._embed_sequence(seq, keep, model, max_size, device, batch)
-        config = model.config
-        weights = Path(config.backbone_weights).stem if config.backbone_weights else "default"
         every = keep[1] - keep[0] if len(keep) > 1 else 1
-        path = Path(store) / f"{config.backbone}-{weights}-{max_size}" / f"{seq.name}-every{every}.pt"
-        names = [seq.frames[i].name for i in keep]
-        if path.is_file():
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("frames") == names:
-                return payload["features"], payload["labels"]
-        features, labels = self._embed_sequence(seq, keep, model, max_size, device, batch)
-        atomic_save({"frames": names, "features": features, "labels": labels}, path)
-        return features, labels
+        return _stored(
+            _store_folder(store, model, max_size) / f"{seq.name}-every{every}.pt" if store is not None else None,
+            [seq.frames[i].name for i in keep],
+            lambda: self._embed_sequence(seq, keep, model, max_size, device, batch),
+        )
 
     def _load_or_embed_views(self, seq, keep, bases, model, max_size, device, batch, store: Path | None):
         """The pseudo-video views of the cached frames ``keep[b]`` for b in ``bases``, from
         ``store`` when kept there."""
-        if store is None:
-            return self._embed_views(seq, keep, bases, model, max_size, device, batch)
-        config = model.config
-        weights = Path(config.backbone_weights).stem if config.backbone_weights else "default"
         every = keep[1] - keep[0] if len(keep) > 1 else 1
         name = f"{seq.name}-every{every}-views{self.pseudo_views}-seed{self.seed}.pt"
-        path = Path(store) / f"{config.backbone}-{weights}-{max_size}" / "pseudo" / name
-        names = [seq.frames[keep[b]].name for b in bases]
-        if path.is_file():
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("frames") == names:
-                return payload["features"], payload["labels"]
-        features, labels = self._embed_views(seq, keep, bases, model, max_size, device, batch)
-        atomic_save({"frames": names, "features": features, "labels": labels}, path)
-        return features, labels
+        return _stored(
+            _store_folder(store, model, max_size) / "pseudo" / name if store is not None else None,
+            [seq.frames[keep[b]].name for b in bases],
+            lambda: self._embed_views(seq, keep, bases, model, max_size, device, batch),
+        )
 
     def _embed_views(self, seq, keep, bases, model, max_size, device, batch):
         """Features and grid labels of ``pseudo_views`` warps of each frame ``keep[b]`` (consecutive
@@ -274,3 +258,24 @@ def _grid_labels_of(images: list[torch.Tensor], labels) -> torch.Tensor:
     """(N, gh, gw) grid labels of full-size labels, the grid that of the (3, h, w) images."""
     grid = (images[0].shape[1] // OUTPUT_STRIDE, images[0].shape[2] // OUTPUT_STRIDE)
     return torch.stack([grid_labels(np.asarray(m), grid) for m in labels])
+
+
+def _store_folder(store: Path, model: EmbeddingModel, max_size: int) -> Path:
+    """The store's folder for this backbone, weights file and size."""
+    config = model.config
+    weights = Path(config.backbone_weights).stem if config.backbone_weights else "default"
+    return Path(store) / f"{config.backbone}-{weights}-{max_size}"
+
+
+def _stored(path: Path | None, names: list[str], compute):
+    """(features, labels) from ``path`` when it holds those of the frames ``names``; else computed,
+    and kept there (no path: computed only)."""
+    if path is None:
+        return compute()
+    if path.is_file():
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("frames") == names:
+            return payload["features"], payload["labels"]
+    features, labels = compute()
+    atomic_save({"frames": names, "features": features, "labels": labels}, path)
+    return features, labels
