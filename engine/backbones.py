@@ -150,13 +150,16 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite(Backbone):
-    """Returns the last feature map of each stride 8, 16 and 32 (the classifier is kept for checks)."""
+    """Returns the last feature map of each stride 8, 16 and 32 (the classifier is kept for checks);
+    with ``max_stride=16`` the network ends after its stride-16 stage (no classifier)."""
 
     # The TensorFlow Lite reference: (x - 127) / 128 on RGB in [0, 255].
     normalisation = Normalisation(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
 
-    def __init__(self, variant: str = "lite0", num_classes: int = 1000) -> None:
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000, max_stride: int = 32) -> None:
         super().__init__()
+        if max_stride not in (16, 32):
+            raise VosError(f"EfficientNet-Lite ends at stride 16 or 32, not {max_stride}.")
         width, depth = _LITE_SCALING[variant]
         self._conv_stem = _SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
@@ -166,6 +169,8 @@ class EfficientNetLite(Backbone):
         n_stages = len(_LITE_STAGES)
         block_strides: list[int] = []
         for i, (repeats, kernel, s, expand, cin, cout) in enumerate(_LITE_STAGES):
+            if stride * s > max_stride:
+                break
             # Lite keeps the stem and the first and last stages' sizes fixed.
             cin = cin if i == 0 else _round_filters(cin, width)
             cout = _round_filters(cout, width)
@@ -184,10 +189,11 @@ class EfficientNetLite(Backbone):
         self.layer_strides.update({f"_blocks.{i}": s for i, s in enumerate(block_strides)})
         self._taps = {index: n for n, (index, _) in enumerate(taps)}
         self.levels = tuple(level for _, level in taps)
-        head_in = _round_filters(320, width)
-        self._conv_head = _SameConv2d(head_in, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
-        self._fc = nn.Linear(1280, num_classes)
+        if max_stride == 32:
+            head_in = _round_filters(320, width)
+            self._conv_head = _SameConv2d(head_in, 1280, 1, bias=False)
+            self._bn1 = _bn(1280)
+            self._fc = nn.Linear(1280, num_classes)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) normalised -> [(B, C_l, H/s_l, W/s_l) for each level]."""
@@ -201,6 +207,8 @@ class EfficientNetLite(Backbone):
 
     def classify(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised -> ImageNet logits (B, 1000)."""
+        if not hasattr(self, "_fc"):
+            raise VosError("This EfficientNet-Lite ends at stride 16: it has no classifier.")
         x = self.forward(image)[-1]
         x = F.relu6(self._bn1(self._conv_head(x)))
         return self._fc(x.mean(dim=(2, 3)))
@@ -219,17 +227,24 @@ def _lite_weights_path(variant: str) -> str:
     return getattr(module, class_name).get_model_file_path()
 
 
-def _make_lite(variant: str, pretrained: bool) -> EfficientNetLite:
-    net = EfficientNetLite(variant)
+def _make_lite(variant: str, pretrained: bool, max_stride: int = 32) -> EfficientNetLite:
+    net = EfficientNetLite(variant, max_stride=max_stride)
     if pretrained:
         state = torch.load(_lite_weights_path(variant), map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=True)
+        own = net.state_dict()  # a network cut at stride 16 takes the weights of the layers it keeps
+        net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     return net.eval()
 
 
 @register_backbone("efficientnet_lite0")
 def efficientnet_lite0(*, pretrained: bool = True) -> Backbone:
     return _make_lite("lite0", pretrained)
+
+
+@register_backbone("efficientnet_lite0_s16")
+def efficientnet_lite0_s16(*, pretrained: bool = True) -> Backbone:
+    """EfficientNet-Lite0 without its stride-32 stage (blocks 11-15): features at strides 8 and 16."""
+    return _make_lite("lite0", pretrained, max_stride=16)
 
 
 @register_backbone("efficientnet_lite1")

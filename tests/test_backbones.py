@@ -96,3 +96,20 @@ def test_layers_from_a_stride_name_the_coarse_part_of_each_backbone():
     for i, block in enumerate(lite._blocks):
         x = block(x)
         assert 64 // x.shape[-1] == lite.layer_strides[f"_blocks.{i}"]
+
+
+def test_lite0_cut_at_stride_16_gives_lite0s_first_two_levels():
+    """efficientnet_lite0_s16 is Lite0 without its stride-32 stage: the same weights and features
+    up to stride 16, no layer beyond it, and no classifier."""
+    full = create_backbone("efficientnet_lite0", pretrained=True)
+    cut = create_backbone("efficientnet_lite0_s16", pretrained=True)
+    assert cut.levels == full.levels[:2]
+    assert max(cut.layer_strides.values()) == 16 and len(cut._blocks) == 11
+    image = torch.rand(1, 3, 64, 96) * 2 - 1
+    with torch.inference_mode():
+        ours, theirs = cut(image), full(image)
+    assert len(ours) == 2
+    for a, b in zip(ours, theirs[:2], strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(VosError, match="no classifier"):
+        cut.classify(image)

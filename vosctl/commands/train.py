@@ -163,7 +163,11 @@ def train(
     ] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 1e-4,
     backbone: Annotated[
-        str, typer.Option("--backbone", help="efficientnet_lite0/1/2, deeplab_resnet101 or tiny.")
+        str,
+        typer.Option(
+            "--backbone",
+            help="efficientnet_lite0/1/2, efficientnet_lite0_s16 (Lite0 to stride 16), deeplab_resnet101 or tiny.",
+        ),
     ] = "efficientnet_lite0",
     backbone_weights: Annotated[
         Path | None,
