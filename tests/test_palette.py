@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from vosctl.palette import davis_palette, draw_overlay
+from vosctl.palette import colourise, davis_palette, draw_overlay
 
 
 def test_overlay_tints_objects_outlines_them_and_leaves_the_background():
@@ -34,3 +34,9 @@ def test_overlay_of_an_empty_mask_is_the_frame():
     frame = np.full((8, 8, 3), 7, np.uint8)
     out = draw_overlay(frame, np.zeros((8, 8), np.uint8), davis_palette())
     assert np.array_equal(out, frame) and out is not frame
+
+
+def test_colourise_gives_each_id_its_palette_colour():
+    ids = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    palette = davis_palette()
+    assert np.array_equal(colourise(ids, palette), palette[ids])
