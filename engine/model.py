@@ -64,10 +64,18 @@ class FeatureHead(nn.Module):
         """features [(B, C_l, h_l, w_l)], coords (B, 3, h, w) -> (B, D, h, w), unit length."""
         return self.combine(fuse_levels(features, tuple(coords.shape[-2:])))
 
-    def combine(self, fused: list[torch.Tensor]) -> torch.Tensor:
-        """Levels already on the stride-8 grid (:func:`fuse_levels`) -> (B, D, h, w), unit length."""
-        parts = [F.normalize(f, dim=1) * w for f, w in zip(fused, self.level_weights, strict=True)]
-        return F.normalize(torch.cat(parts, dim=1), dim=1)
+    def combine(self, fused: list[torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+        """Levels already on the stride-8 grid (:func:`fuse_levels`) -> (B, D, h, w), of length
+        ``scale``.
+
+        Each level is normalised and weighted, so the concatenation's length is known in advance,
+        sqrt(sum w^2): one multiplication per level instead of another pass that measures and
+        divides (on a cell where a whole level is zero it is shorter; the backbone's levels end in
+        a linear projection, so that does not happen)."""
+        weights = self.level_weights.tolist()
+        norm = sum(w * w for w in weights) ** 0.5
+        parts = [F.normalize(f, dim=1) * (w * scale / norm) for f, w in zip(fused, weights, strict=True)]
+        return torch.cat(parts, dim=1)
 
 
 class EmbeddingHead(nn.Module):
@@ -106,9 +114,12 @@ class EmbeddingHead(nn.Module):
         learned = F.normalize(self.body(x), dim=1)
         if self.skip is None:
             return learned
-        # cos(a, b) = (cos_learned + skip^2 cos_untrained) / (1 + skip^2); the levels are upsampled once.
-        untrained = self.skip.combine(levels).to(learned.dtype) * self.skip_weight
-        return F.normalize(torch.cat([learned, untrained], dim=1), dim=1)
+        # cos(a, b) = (cos_learned + skip^2 cos_untrained) / (1 + skip^2); the levels are upsampled
+        # once. Both parts have unit length before weighting, so the whole has sqrt(1 + skip^2):
+        # scaled by constants, not measured again.
+        norm = (1.0 + self.skip_weight**2) ** 0.5
+        untrained = self.skip.combine(levels, self.skip_weight / norm).to(learned.dtype)
+        return torch.cat([learned / norm, untrained], dim=1)
 
 
 @dataclass

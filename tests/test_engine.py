@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine import devices
 from engine.errors import VosError
@@ -350,6 +351,22 @@ def test_skip_head_keeps_the_untrained_features_beside_the_learned_ones():
     # The untrained part, rescaled, is exactly the features head: cos = (cos_l + s^2 cos_u) / (1 + s^2).
     torch.testing.assert_close(got[:, 8:] * (1 + skip**2) ** 0.5 / skip, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[:, :8].norm(dim=1), torch.full((1, 8, 8), (1 + skip**2) ** -0.5))
+
+
+def test_features_head_scales_by_constants_what_it_used_to_measure_and_divide():
+    """The concatenation of normalised, weighted levels has a known length: scaling each level by a
+    constant gives the unit vector that normalising the whole again gave."""
+    from engine.backbones import FeatureLevel
+    from engine.model import FeatureHead
+
+    torch.manual_seed(0)
+    levels = (FeatureLevel(5, 8), FeatureLevel(7, 16))
+    head = FeatureHead(levels, level_weights=(1.0, 2.0))
+    fused = [torch.randn(2, 5, 6, 9), torch.randn(2, 7, 6, 9)]
+    parts = [F.normalize(fused[0], dim=1), F.normalize(fused[1], dim=1) * 2.0]
+    expected = F.normalize(torch.cat(parts, dim=1), dim=1)
+    torch.testing.assert_close(head.combine(fused), expected)
+    torch.testing.assert_close(head.combine(fused, 0.5), expected * 0.5)
 
 
 def test_a_fine_tuned_efficientnet_keeps_its_feature_layers_and_drops_its_unused_classifier():
