@@ -41,6 +41,13 @@ def coordinate_grid(height: int, width: int, t: float, *, device: torch.device |
     return torch.stack([grid_x, grid_y, torch.full_like(grid_x, float(t))])
 
 
+def unit_channels(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``F.normalize(x, dim=1)`` written as a broadcast division: exported, F.normalize becomes an
+    explicit Expand that OpenVINO runs with a reference kernel in the planar layout, between two
+    layout conversions."""
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(eps)
+
+
 def fuse_levels(features: list[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
     """Bring each (B, C_l, h_l, w_l) to ``size`` (the stride-8 grid) by bilinear upsampling."""
     return [
@@ -74,7 +81,7 @@ class FeatureHead(nn.Module):
         a linear projection, so that does not happen)."""
         weights = self.level_weights.tolist()
         norm = sum(w * w for w in weights) ** 0.5
-        parts = [F.normalize(f, dim=1) * (w * scale / norm) for f, w in zip(fused, weights, strict=True)]
+        parts = [unit_channels(f) * (w * scale / norm) for f, w in zip(fused, weights, strict=True)]
         return torch.cat(parts, dim=1)
 
 
@@ -111,7 +118,7 @@ class EmbeddingHead(nn.Module):
         levels = fuse_levels(features, tuple(coords.shape[-2:]))
         fused = sum(lat(f) for lat, f in zip(self.lateral, levels, strict=True))
         x = torch.cat([fused, coords.to(fused.dtype)], dim=1) if self.use_coords else fused
-        learned = F.normalize(self.body(x), dim=1)
+        learned = unit_channels(self.body(x))
         if self.skip is None:
             return learned
         # cos(a, b) = (cos_learned + skip^2 cos_untrained) / (1 + skip^2); the levels are upsampled

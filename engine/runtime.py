@@ -42,7 +42,7 @@ from engine.model import OUTPUT_STRIDE, EmbeddingModel
 
 RUNTIMES = ("auto", "torch", "onnx", "openvino")
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: (versions, session)}
-_GRAPH_FORMAT = 2  # bump when the exported graph changes for the same weights (2: constant norms in the head)
+_GRAPH_FORMAT = 3  # bump when the exported graph changes for the same weights (3: no Expand in normalising)
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
