@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.model import EmbeddingModel
+from engine.model import OUTPUT_STRIDE, EmbeddingModel
 from engine.runtime import cached_per_model, exported_graph
 
 
@@ -39,6 +39,8 @@ class OpenVinoEmbedding:
             "ENABLE_CPU_PINNING": False,
         }
         self._request = core.compile_model(graph, "CPU", config).create_infer_request()
+        self._dim = model.dim
+        self._tensor = ov.Tensor
 
     @classmethod
     def for_model(cls, model: EmbeddingModel, *, bfloat16: bool = False) -> OpenVinoEmbedding:
@@ -54,6 +56,10 @@ class OpenVinoEmbedding:
             "image": np.ascontiguousarray(image.detach().float().cpu().numpy()),
             "coords": np.ascontiguousarray(coords.detach().float().cpu().numpy()),
         }
+        # A new output buffer each call, which the network writes into: the request would reuse its
+        # own on the next call, and copying the embedding out of it costs 1.5 ms a frame at 768x416.
+        b, _, h, w = image.shape
+        out = np.empty((b, self._dim, h // OUTPUT_STRIDE, w // OUTPUT_STRIDE), dtype=np.float32)
+        self._request.set_output_tensor(0, self._tensor(out, shared_memory=True))
         self._request.infer(feeds)
-        # The request reuses its output buffer on the next call: the embedding leaves as a copy.
-        return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
+        return torch.from_numpy(out)
