@@ -32,7 +32,10 @@ class RetrievalConfig:
     vote: str = "softmax"  # how the k neighbours' labels are weighted
     temperature: float = 0.05  # softmax temperature on the squared distance
     spatial_weight: float = 0.0  # w above; 0 ignores position
-    chunk: int = 4096  # query pixels per chunk
+    # Query pixels per chunk. Smaller chunks keep the scores in cache for ``topk``: on one core,
+    # 3,000 bank pixels of 256 dimensions, 1,900 queries took 35 ms in chunks of 4,096 and 30 ms in
+    # chunks of 512 (870 queries: 15.1 and 14.6 ms); the results are the same.
+    chunk: int = 512
 
     def __post_init__(self) -> None:
         if self.k < 1:
