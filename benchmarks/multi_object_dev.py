@@ -10,6 +10,9 @@ other. Each clip here takes a host sequence and pastes into it (trainer/composit
 
 With ``--kind same-kind`` the look-alike is instead the object of another sequence of the same
 kind and fold (a second person beside a person, a second rider), as on real multi-object footage.
+With ``--kind crowd`` a clip holds five objects over up to 80 frames: the host, its own object
+from another moment, an object of its kind and that one from another moment, and a crossing
+distractor of another kind (the held-out clips hold four dogs and a person, and seven people).
 
 Hosts and donors come from the same cross-validation fold, so each clip is scored with the fold
 model that never saw its sequences (benchmarks/cross_validate.py). The clips are 432x240 pixels,
@@ -17,6 +20,7 @@ the size of the held-out multi-object clips, and fixed by the seed.
 
     python benchmarks/multi_object_dev.py make                     # runs/multi-dev, 4 clips a fold
     python benchmarks/multi_object_dev.py make --kind same-kind    # runs/multi-dev-kind, 2 clips a fold
+    python benchmarks/multi_object_dev.py make --kind crowd        # runs/multi-dev-crowd, 2 clips a fold
     python benchmarks/multi_object_dev.py eval --data runs/multi-dev-kind
     python benchmarks/multi_object_dev.py eval [--set NAME=VALUE]  # mean J per object, per clip
 
@@ -51,6 +55,9 @@ CLIPS_PER_FOLD = 4
 OUT = ROOT / "runs" / "multi-dev"
 MIN_VISIBLE = 150  # pixels each object must show on the first (annotated) frame
 OUT_SAME_KIND = ROOT / "runs" / "multi-dev-kind"
+OUT_CROWD = ROOT / "runs" / "multi-dev-crowd"
+CROWD_FRAMES = 80  # the held-out clips have 66 and 80 frames
+MIN_VISIBLE_CROWD = 100  # five objects share a 432x240 frame
 # Objects of one kind within a fold (the fold model never saw either): people, riders.
 SAME_KIND = {
     "f0": [("motocross-bumps", "horsejump-low"), ("horsejump-low", "motocross-bumps")],
@@ -111,6 +118,66 @@ def _layer(
     return out_images, out_ids
 
 
+def _beside(rng: np.random.Generator, host: tuple[float, float, float, float], mask: np.ndarray) -> tuple[Track, float]:
+    """A look-alike's path beside the host (box ``host``) and its size relative to the host's; it is
+    about the host's size on the first frame (two dogs, not a dog and its close-up), whatever size
+    the object had at the moment it is taken from (``mask``)."""
+    hx, hy, hw, hh = host
+    _, _, tw, th = _box(mask)
+    relative = float(rng.uniform(0.6, 1.0))
+    scale = relative * float(np.sqrt(hw * hh / (tw * th)))
+    side = rng.choice([-1.0, 1.0])
+    tx = hx + side * (0.5 * hw + 0.5 * relative * hw + rng.uniform(-0.2, 0.3) * hw)
+    return Track.random(rng, (tx, hy + rng.uniform(-0.15, 0.15) * hh), scale, speed=rng.uniform(0.5, 2.5)), relative
+
+
+def _crossing(rng: np.random.Generator, mask: np.ndarray) -> tuple[Track, float]:
+    """A distractor's path across the frame from one side, and its scale (``mask``: its first frame)."""
+    _, _, dw, dh = _box(mask)
+    scale = float(min(rng.uniform(0.4, 0.8), 0.6 * SIZE[1] / dh, 0.5 * SIZE[0] / dw))
+    start_x = float(rng.choice([0.15, 0.85]) * SIZE[0])
+    towards = 1.0 if start_x < SIZE[0] / 2 else -1.0
+    track = Track(
+        start=(start_x, float(rng.uniform(0.35, 0.75) * SIZE[1])),
+        velocity=(towards * float(rng.uniform(2.0, 4.0)), float(rng.uniform(-0.5, 0.5))),
+        scale=scale,
+        scale_swing=float(rng.uniform(0.0, 0.3)),
+        period=float(rng.uniform(40, 90)),
+        flip=bool(rng.random() < 0.5),
+    )
+    return track, scale
+
+
+def make_crowd_clip(data: Path, host: str, alike: str, donor: str, rng: np.random.Generator) -> tuple[list, list, dict]:
+    """Five objects over up to ``CROWD_FRAMES`` frames: the host (1), the host's own object from
+    another moment (2), an object of its kind (3) and that one from another moment (4) beside it,
+    each on a path of its own, in front of or behind; and an object of another kind crossing (5).
+    Several objects of one kind at once, as on the held-out clips (four dogs and a person, seven
+    people)."""
+    host_src = _load(data, host, 10_000)
+    images, masks = host_src[0][:CROWD_FRAMES], host_src[1][:CROWD_FRAMES]
+    box = _box(masks[0])
+    alike_src, donor_src = _load(data, alike, 10_000), _load(data, donor, 10_000)
+    for _ in range(100):
+        out_images, out_ids = images, [m.astype(np.uint8) for m in masks]
+        placed = []
+        for object_id, source in ((2, host_src), (3, alike_src), (4, alike_src)):
+            n = len(source[0])
+            offset = 0 if object_id == 3 else int(rng.integers(n // 3, max(n // 3 + 1, n)))
+            track, relative = _beside(rng, box, source[1][offset % n])
+            front = bool(rng.random() < 0.5)
+            out_images, out_ids = _layer(out_images, out_ids, source, offset, track, object_id, front)
+            placed.append({"id": object_id, "offset": offset, "relative_size": round(relative, 3), "front": front})
+        track, scale = _crossing(rng, donor_src[1][0])
+        front = bool(rng.random() < 0.5)
+        out_images, out_ids = _layer(out_images, out_ids, donor_src, 0, track, 5, front)
+        if all(np.count_nonzero(out_ids[0] == i) >= MIN_VISIBLE_CROWD for i in range(1, 6)):
+            info = {"host": host, "alike": alike, "donor": donor, "look_alikes": placed,
+                    "donor_scale": round(scale, 3), "donor_front": front, "frames": len(out_images)}  # fmt: skip
+            return out_images, out_ids, info
+    raise RuntimeError(f"No placement of the pasted objects in {host} left each object visible.")
+
+
 def make_clip(
     data: Path, host: str, donor: str, rng: np.random.Generator, alike: str | None = None
 ) -> tuple[list, list, dict]:
@@ -126,27 +193,9 @@ def make_clip(
     for _ in range(50):
         ids = [m.astype(np.uint8) for m in masks]
         twin_offset = int(rng.integers(n_alike // 3, max(n_alike // 3 + 1, n_alike))) if alike is None else 0
-        # The look-alike is about the host's size on the first frame (two dogs, not a dog and its
-        # close-up), whatever size the object had at the moment it is taken from.
-        _, _, tw, th = _box(alike_src[1][twin_offset % n_alike])
-        relative = float(rng.uniform(0.6, 1.0))
-        twin_scale = relative * float(np.sqrt(hw * hh / (tw * th)))
-        side = rng.choice([-1.0, 1.0])
-        tx = hx + side * (0.5 * hw + 0.5 * relative * hw + rng.uniform(-0.2, 0.3) * hw)
-        twin = Track.random(rng, (tx, hy + rng.uniform(-0.15, 0.15) * hh), twin_scale, speed=rng.uniform(0.5, 2.5))
+        twin, relative = _beside(rng, (hx, hy, hw, hh), alike_src[1][twin_offset % n_alike])
         twin_front = bool(rng.random() < 0.5)
-        _, _, dw, dh = _box(donor_src[1][0])
-        donor_scale = float(min(rng.uniform(0.4, 0.8), 0.6 * SIZE[1] / dh, 0.5 * SIZE[0] / dw))
-        start_x = float(rng.choice([0.15, 0.85]) * SIZE[0])
-        towards = 1.0 if start_x < SIZE[0] / 2 else -1.0
-        distractor = Track(
-            start=(start_x, float(rng.uniform(0.35, 0.75) * SIZE[1])),
-            velocity=(towards * float(rng.uniform(2.0, 4.0)), float(rng.uniform(-0.5, 0.5))),
-            scale=donor_scale,
-            scale_swing=float(rng.uniform(0.0, 0.3)),
-            period=float(rng.uniform(40, 90)),
-            flip=bool(rng.random() < 0.5),
-        )
+        distractor, donor_scale = _crossing(rng, donor_src[1][0])
         donor_front = bool(rng.random() < 0.5)
         out_images, out_ids = _layer(images, ids, alike_src, twin_offset, twin, 2, twin_front)
         out_images, out_ids = _layer(out_images, out_ids, donor_src, 0, distractor, 3, donor_front)
@@ -170,7 +219,7 @@ def _clips(
         for h in rng.choice(len(seqs), size=CLIPS_PER_FOLD, replace=False):
             yield seqs[int(h)], seqs[int(rng.choice([i for i in range(len(seqs)) if i != h]))], None
         return
-    for host, alike in SAME_KIND[fold]:
+    for host, alike in SAME_KIND[fold]:  # same-kind and crowd
         yield host, str(rng.choice([s for s in seqs if s not in (host, alike)])), alike
 
 
@@ -183,7 +232,10 @@ def make(data: Path, out: Path, seed: int, kind: str = "twins") -> None:
     for fold, seqs in FOLDS.items():
         names = []
         for host, donor, alike in _clips(fold, seqs, rng, kind):
-            images, ids, info = make_clip(data, host, donor, rng, alike)
+            if kind == "crowd":
+                images, ids, info = make_crowd_clip(data, host, alike, donor, rng)
+            else:
+                images, ids, info = make_clip(data, host, donor, rng, alike)
             name = f"{fold}-{host}"
             for folder in ("JPEGImages", "Annotations"):
                 (out / folder / "480p" / name).mkdir(parents=True, exist_ok=True)
@@ -236,10 +288,11 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     mk = sub.add_parser("make")
     mk.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    mk.add_argument("--out", type=Path, help=f"Default: {OUT} (twins) or {OUT_SAME_KIND} (same kind).")
+    mk.add_argument("--out", type=Path, help=f"Default: {OUT} (twins), {OUT_SAME_KIND} (same kind), {OUT_CROWD}.")
     mk.add_argument("--seed", type=int, default=0)
-    mk.add_argument("--kind", choices=("twins", "same-kind"), default="twins",
-                    help="The look-alike: the host's own object (twins) or another object of its kind.")  # fmt: skip
+    mk.add_argument("--kind", choices=("twins", "same-kind", "crowd"), default="twins",
+                    help="The look-alike: the host's own object (twins) or another object of its kind; crowd: "
+                    "five objects, four of one kind.")  # fmt: skip
     ev = sub.add_parser("eval")
     ev.add_argument("--data", type=Path, default=OUT)
     ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
@@ -248,7 +301,7 @@ def main() -> None:
     ev.add_argument("--fold-models", metavar="PATTERN", help="Fold model files other than runs/cv/FOLD/model.pt.")
     args = parser.parse_args()
     if args.command == "make":
-        out = args.out or (OUT if args.kind == "twins" else OUT_SAME_KIND)
+        out = args.out or {"twins": OUT, "same-kind": OUT_SAME_KIND, "crowd": OUT_CROWD}[args.kind]
         make(args.data, out, args.seed, args.kind)
     else:
         import torch
