@@ -164,10 +164,14 @@ def make_crowd_clip(data: Path, host: str, alike: str, donor: str, rng: np.rando
         for object_id, source in ((2, host_src), (3, alike_src), (4, alike_src)):
             n = len(source[0])
             offset = 0 if object_id == 3 else int(rng.integers(n // 3, max(n // 3 + 1, n)))
+            if not source[1][offset % n].any():  # the object is out of view then: another placement
+                break
             track, relative = _beside(rng, box, source[1][offset % n])
             front = bool(rng.random() < 0.5)
             out_images, out_ids = _layer(out_images, out_ids, source, offset, track, object_id, front)
             placed.append({"id": object_id, "offset": offset, "relative_size": round(relative, 3), "front": front})
+        if len(placed) < 3:
+            continue
         track, scale = _crossing(rng, donor_src[1][0])
         front = bool(rng.random() < 0.5)
         out_images, out_ids = _layer(out_images, out_ids, donor_src, 0, track, 5, front)
