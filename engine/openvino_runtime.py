@@ -13,6 +13,8 @@ and as many inference threads as torch has (``--threads``).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -41,6 +43,9 @@ class OpenVinoEmbedding:
         self._request = core.compile_model(graph, "CPU", config).create_infer_request()
         self._dim = model.dim
         self._tensor = ov.Tensor
+        # One request, shared by the threads that embed (a backward pass on the engine's thread
+        # while the network thread embeds the forward pass ahead): one inference at a time.
+        self._lock = threading.Lock()
 
     @classmethod
     def for_model(cls, model: EmbeddingModel, *, bfloat16: bool = False) -> OpenVinoEmbedding:
@@ -60,6 +65,7 @@ class OpenVinoEmbedding:
         # own on the next call, and copying the embedding out of it costs 1.5 ms a frame at 768x416.
         b, _, h, w = image.shape
         out = np.empty((b, self._dim, h // OUTPUT_STRIDE, w // OUTPUT_STRIDE), dtype=np.float32)
-        self._request.set_output_tensor(0, self._tensor(out, shared_memory=True))
-        self._request.infer(feeds)
+        with self._lock:
+            self._request.set_output_tensor(0, self._tensor(out, shared_memory=True))
+            self._request.infer(feeds)
         return torch.from_numpy(out)
