@@ -64,7 +64,10 @@ class FeatureHead(nn.Module):
         weights = level_weights or tuple(1.0 for _ in levels)
         if len(weights) != len(levels):
             raise VosError("The feature head needs one weight per backbone level.")
-        self.register_buffer("level_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        # Constants of the function, kept as Python numbers: a tensor here would be read back from
+        # the device on every forward pass (a synchronisation on a GPU).
+        self.level_weights = tuple(float(w) for w in weights)
+        self._norm = sum(w * w for w in self.level_weights) ** 0.5
         self.dim = sum(level.channels for level in levels)
 
     def forward(self, features: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
@@ -79,9 +82,7 @@ class FeatureHead(nn.Module):
         sqrt(sum w^2): one multiplication per level instead of another pass that measures and
         divides (on a cell where a whole level is zero it is shorter; the backbone's levels end in
         a linear projection, so that does not happen)."""
-        weights = self.level_weights.tolist()
-        norm = sum(w * w for w in weights) ** 0.5
-        parts = [unit_channels(f) * (w * scale / norm) for f, w in zip(fused, weights, strict=True)]
+        parts = [unit_channels(f) * (w * scale / self._norm) for f, w in zip(fused, self.level_weights, strict=True)]
         return torch.cat(parts, dim=1)
 
 
