@@ -118,6 +118,11 @@ def _layer(
     return out_images, out_ids
 
 
+def _another_moment(rng: np.random.Generator, n: int) -> int:
+    """A frame of an ``n``-frame source from a third of the way on: the object as it looks later."""
+    return int(rng.integers(n // 3, max(n // 3 + 1, n)))
+
+
 def _beside(rng: np.random.Generator, host: tuple[float, float, float, float], mask: np.ndarray) -> tuple[Track, float]:
     """A look-alike's path beside the host (box ``host``) and its size relative to the host's; it is
     about the host's size on the first frame (two dogs, not a dog and its close-up), whatever size
@@ -163,7 +168,7 @@ def make_crowd_clip(data: Path, host: str, alike: str, donor: str, rng: np.rando
         placed = []
         for object_id, source in ((2, host_src), (3, alike_src), (4, alike_src)):
             n = len(source[0])
-            offset = 0 if object_id == 3 else int(rng.integers(n // 3, max(n // 3 + 1, n)))
+            offset = 0 if object_id == 3 else _another_moment(rng, n)
             if not source[1][offset % n].any():  # the object is out of view then: another placement
                 break
             track, relative = _beside(rng, box, source[1][offset % n])
@@ -196,7 +201,7 @@ def make_clip(
     n_alike = len(alike_src[0])
     for _ in range(50):
         ids = [m.astype(np.uint8) for m in masks]
-        twin_offset = int(rng.integers(n_alike // 3, max(n_alike // 3 + 1, n_alike))) if alike is None else 0
+        twin_offset = _another_moment(rng, n_alike) if alike is None else 0
         twin, relative = _beside(rng, (hx, hy, hw, hh), alike_src[1][twin_offset % n_alike])
         twin_front = bool(rng.random() < 0.5)
         distractor, donor_scale = _crossing(rng, donor_src[1][0])
