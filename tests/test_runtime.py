@@ -204,3 +204,22 @@ def test_an_unwritable_cache_is_skipped(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("VOSCTL_CACHE", str(blocker / "cache"))
     assert runtime.exported_graph(tiny_model)  # exported, not cached
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(not openvino_available(), reason="onnx/openvino not installed")
+def test_openvino_keeps_its_compiled_network_beside_the_graph(tiny_model, tmp_path, monkeypatch):
+    from engine.model import coordinate_grid
+
+    image, coords = torch.rand(1, 3, 64, 96) * 255, coordinate_grid(8, 12, 0.0)[None]
+    monkeypatch.setenv("VOSCTL_CACHE", str(tmp_path / "cache"))
+    first = OpenVinoEmbedding(tiny_model, threads=1)(image, coords)
+    compiled = list((tmp_path / "cache" / "openvino").glob("*.blob"))
+    assert len(compiled) == 1
+    again = OpenVinoEmbedding(tiny_model, threads=1)(image, coords)  # read back from the cache
+    assert torch.equal(again, first)
+    assert list((tmp_path / "cache" / "openvino").glob("*.blob")) == compiled
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("VOSCTL_CACHE", str(blocker / "cache"))
+    assert torch.equal(OpenVinoEmbedding(tiny_model, threads=1)(image, coords), first)  # no cache at all
+    assert blocker.read_text() == "not a folder"
