@@ -134,12 +134,6 @@ class SessionConfig:
     # object held open to all. No effect with a single object.
     identity_power: float = 1.0
     identity_floor: float = 0.05
-    # Votes for an object that cannot reach a cell (the temporal prior's reach at most its floor)
-    # are given, this fraction of them, to the objects that can (``_transfer_votes``): the k nearest neighbours
-    # vote for the nearest pixels, so where an object looks like another one far away (a sail seen
-    # from the other side, a second person) retrieval can give it no vote at all, and the prior
-    # alone would then hand the cell to the far look-alike. 0: off. No effect with one object.
-    reach_transfer: float = 0.0
     # Run the network and retrieval on every n-th frame only (1: every frame); the frames between
     # take the last key frame's probabilities moved along the optical flow, then refined.
     keyframe_interval: int = 1
@@ -167,8 +161,6 @@ class SessionConfig:
             raise VosError("The interior stride must be at least 1, its level in [0, 1] and its band zero or more.")
         if self.keyframe_interval < 1:
             raise VosError("The key-frame interval must be at least 1.")
-        if not 0.0 <= self.reach_transfer <= 1.0:
-            raise VosError("The reach transfer must be in [0, 1].")
 
     @staticmethod
     def setting_names() -> tuple[str, ...]:

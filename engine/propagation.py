@@ -109,7 +109,6 @@ class Propagator:
             probs = self._retrieve(pixels, num_slots)
         else:
             probs = self._retrieve_planned(pixels, plan, label, num_slots)
-        probs = self._transfer_votes(probs, reach)
         probs = self._apply_prior(probs, reach)
         probs = self._apply_identity(probs, moved)
         if self.config.online and remember:
@@ -255,28 +254,6 @@ class Propagator:
         scale[:, 1:] = self.config.prior_floor + (1.0 - self.config.prior_floor) * reach
         probs = probs * scale
         return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-    def _transfer_votes(self, probs: torch.Tensor, reach: torch.Tensor | None) -> torch.Tensor:
-        """(M, K + 1) -> (M, K + 1): ``reach_transfer`` of the votes each object got where it cannot
-        be (its reach at most ``prior_floor``, the gate's test) shared evenly by the objects that
-        can be there; the background's share, and a cell no object can reach, are left as they are.
-
-        The k nearest neighbours vote for the nearest pixels, so where an object looks like another
-        one (a second person, a sail seen from its other side), retrieval can give it no vote at
-        all: scaling by the prior cannot bring back a vote that was never cast, and the cell went
-        to the look-alike even where only the other object could be. Reach is a yes or no here: a
-        weak, uncertain object's partial reach would otherwise pass its votes to its neighbours.
-        """
-        fraction = self.config.reach_transfer
-        if reach is None or fraction <= 0 or self.registry.num_slots < 3:
-            return probs
-        objects = probs[:, 1:]
-        can = (reach > self.config.prior_floor).to(objects.dtype)  # (M, K)
-        moved = fraction * objects * (1.0 - can)
-        takers = can.sum(dim=1, keepdim=True)
-        given = moved.sum(dim=1, keepdim=True) * can / takers.clamp_min(1.0)
-        objects = torch.where(takers > 0, objects - moved + given, objects)
-        return torch.cat([probs[:, :1], objects], dim=1)
 
     def _apply_identity(self, probs: torch.Tensor, moved: torch.Tensor | None) -> torch.Tensor:
         """(M, K + 1) -> (M, K + 1): the objects' share of a cell redistributed by who held it.

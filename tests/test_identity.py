@@ -62,40 +62,6 @@ def test_a_lost_object_is_not_held_back_by_the_others():
     assert out[0, 2] == pytest.approx(0.5)  # and the object that is there does not push it out
 
 
-def test_votes_for_an_object_that_cannot_be_there_go_to_one_that_can():
-    # Every neighbour voted for object 1 (its look-alike); object 1 was far away, object 2 here.
-    probs = torch.tensor([[0.0, 1.0, 0.0]])
-    reach = torch.tensor([[0.0, 1.0]])  # (M, K)
-    for fraction, winner in ((0.0, 1), (0.5, 2), (1.0, 2)):
-        p = registered(propagator(reach_transfer=fraction), 2)
-        out = p._apply_prior(p._transfer_votes(probs, reach), reach)
-        assert int(out[0].argmax()) == winner
-        assert torch.allclose(out.sum(dim=1), torch.ones(1))
-    half = registered(propagator(reach_transfer=0.5), 2)._transfer_votes(probs, reach)
-    assert torch.allclose(half, torch.tensor([[0.0, 0.5, 0.5]]))
-
-
-def test_the_transfer_leaves_reachable_votes_the_background_and_unreachable_cells_alone():
-    p = registered(propagator(reach_transfer=1.0), 2)
-    probs = torch.tensor([[0.2, 0.5, 0.3], [0.3, 0.7, 0.0], [0.5, 0.1, 0.4]])
-    reach = torch.tensor([[1.0, 0.3], [0.0, 0.0], [0.0, 0.5]])
-    out = p._transfer_votes(probs, reach)
-    assert torch.allclose(out[0], probs[0])  # both objects can be there, one less sure: retrieval decides
-    assert torch.allclose(out[1], probs[1])  # neither can: the prior alone damps them
-    assert torch.allclose(out[2], torch.tensor([0.5, 0.0, 0.5]))
-    assert torch.allclose(out[:, 0], probs[:, 0]) and torch.allclose(out.sum(dim=1), probs.sum(dim=1))
-
-
-def test_the_transfer_changes_nothing_for_one_object_or_without_a_prior():
-    probs = torch.tensor([[0.3, 0.7], [0.6, 0.4]])
-    reach = torch.tensor([[0.0], [1.0]])
-    assert torch.equal(registered(propagator(reach_transfer=1.0), 1)._transfer_votes(probs, reach), probs)
-    probs3 = torch.tensor([[0.2, 0.4, 0.4]])
-    assert torch.equal(registered(propagator(reach_transfer=1.0), 2)._transfer_votes(probs3, None), probs3)
-    with pytest.raises(VosError):
-        SessionConfig(reach_transfer=1.5)
-
-
 def test_small_frames_are_enlarged_only_when_asked():
     assert processing_size(240, 432, 768) == (256, 448)
     assert processing_size(240, 432, 768, min_size=768) == (416, 768)
