@@ -166,17 +166,27 @@ def cached_per_model(model: EmbeddingModel, key: tuple, build):
     return per_model[key][1]
 
 
-def _importable(*modules: str) -> bool:
-    """Whether each module is installed, found without importing it: importing onnx alone (and
-    the ml_dtypes it loads) took 0.4 s of every run's start, where a cached graph needs no export."""
+def _installed(module: str) -> bool:
+    """Whether ``module`` is installed, found without importing it."""
     try:
-        return all(importlib.util.find_spec(module) is not None for module in modules)
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
 
 
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+# onnx is only found, not imported: torch's exporter needs it, but only to export a graph the
+# cache does not hold yet, and importing it (with the ml_dtypes it loads) took 0.4 s of every
+# run's start. The runtime itself is imported: one that is installed but does not load is not used.
 def onnxruntime_available() -> bool:
-    return _importable("onnx", "onnxruntime")  # onnx: torch's exporter needs it
+    return _installed("onnx") and _importable("onnxruntime")
 
 
 def cache_dir() -> Path:
@@ -280,7 +290,7 @@ class OnnxEmbedding:
 
 
 def openvino_available() -> bool:
-    return _importable("onnx", "openvino")  # onnx: torch's exporter needs it
+    return _installed("onnx") and _importable("openvino")
 
 
 def resolve_runtime(name: str, device: torch.device, reduced: bool) -> str:

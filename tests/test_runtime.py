@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,18 @@ def test_openvino_keeps_its_compiled_network_beside_the_graph(tiny_model, tmp_pa
     monkeypatch.setenv("VOSCTL_CACHE", str(blocker / "cache"))
     assert torch.equal(OpenVinoEmbedding(tiny_model, threads=1)(image, coords), first)  # no cache at all
     assert blocker.read_text() == "not a folder"
+
+
+def test_finding_the_runtime_does_not_import_onnx():
+    # onnx is needed only to export a graph the cache does not hold; importing it took 0.4 s of every start.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from engine.runtime import onnxruntime_available, openvino_available, resolve_runtime; "
+        "import torch; resolve_runtime('auto', torch.device('cpu'), False); openvino_available(); "
+        "onnxruntime_available(); print('onnx' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert done.stdout.strip() == "False"
