@@ -111,11 +111,12 @@ def printed_fps(args, half: bool, load: int) -> float | None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for attempt in range(args.repeat):
-                command = [sys.executable, "-m", "vosctl", "segment", str(args.video), "--mask", str(args.mask),
-                           "--masks-dir", f"{tmp}/masks{attempt}", "-o", f"{tmp}/out{attempt}.mp4",
-                           "--threads", str(args.threads)]  # fmt: skip
+                command = [sys.executable, "-m", "vosctl", "segment", str(args.video.resolve()),
+                           "--mask", str(args.mask.resolve()), "--masks-dir", f"{tmp}/masks{attempt}",
+                           "-o", f"{tmp}/out{attempt}.mp4", "--threads", str(args.threads)]  # fmt: skip
                 command += ["--full-precision"] * (not half) + ["--preset", args.preset] * bool(args.preset)
-                command += ["--model", args.model] * bool(args.model)
+                if args.model:  # a file named from here, or a name the CLI knows
+                    command += ["--model", str(Path(args.model).resolve()) if Path(args.model).exists() else args.model]
                 done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
                 fps = float(re.search(r"\(([\d.]+) fps\)", done.stdout).group(1))
                 best = fps if best is None else max(best, fps)
