@@ -19,6 +19,7 @@ speed depends on them (AVX2 alone, or AVX512 / AVX512-BF16 / AMX).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import re
@@ -60,6 +61,21 @@ def _busy() -> None:
         pass
 
 
+@contextlib.contextmanager
+def competing(load: int):
+    """``load`` other CPU-bound processes running while the block runs (a busy machine)."""
+    context = multiprocessing.get_context("spawn")
+    hogs = [context.Process(target=_busy, daemon=True) for _ in range(load)]
+    for hog in hogs:
+        hog.start()
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.terminate()
+            hog.join()
+
+
 def parse_value(text: str):
     try:
         return json.loads(text)
@@ -70,32 +86,23 @@ def parse_value(text: str):
 def run(args, model, half: bool, load: int) -> tuple[float, dict[str, float], int]:
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
     config = session_config_for(model, preset=args.preset, half=half, **overrides)
-    context = multiprocessing.get_context("spawn")
-    hogs = [context.Process(target=_busy, daemon=True) for _ in range(load)]
-    for hog in hogs:
-        hog.start()
-    try:
-        best = None
-        with tempfile.TemporaryDirectory() as tmp:
-            for attempt in range(args.repeat):
-                result = segment_file(
-                    video=args.video,
-                    mask=args.mask,
-                    model=model,
-                    config=config,
-                    device=torch.device("cpu"),
-                    output=Path(tmp) / f"bench{attempt}.mp4",
-                    masks_dir=Path(tmp) / f"masks{attempt}",
-                    batch=args.batch,
-                    overlay_preset=overlay_preset_for(args.preset),
-                    encode_thread=not args.no_encode_thread,
-                )
-                if best is None or result.seconds < best.seconds:
-                    best = result
-    finally:
-        for hog in hogs:
-            hog.terminate()
-            hog.join()
+    best = None
+    with competing(load), tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(args.repeat):
+            result = segment_file(
+                video=args.video,
+                mask=args.mask,
+                model=model,
+                config=config,
+                device=torch.device("cpu"),
+                output=Path(tmp) / f"bench{attempt}.mp4",
+                masks_dir=Path(tmp) / f"masks{attempt}",
+                batch=args.batch,
+                overlay_preset=overlay_preset_for(args.preset),
+                encode_thread=not args.no_encode_thread,
+            )
+            if best is None or result.seconds < best.seconds:
+                best = result
     return best.seconds / best.frames, {k: v / best.frames for k, v in best.stage_seconds.items()}, best.frames
 
 
@@ -103,27 +110,18 @@ def printed_fps(args, half: bool, load: int) -> float | None:
     """The fps ``vosctl segment`` prints, run in a fresh process beside ``load`` busy ones."""
     if args.set or args.batch != 1 or args.no_encode_thread:
         return None
-    context = multiprocessing.get_context("spawn")
-    hogs = [context.Process(target=_busy, daemon=True) for _ in range(load)]
-    for hog in hogs:
-        hog.start()
     best = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for attempt in range(args.repeat):
-                command = [sys.executable, "-m", "vosctl", "segment", str(args.video.resolve()),
-                           "--mask", str(args.mask.resolve()), "--masks-dir", f"{tmp}/masks{attempt}",
-                           "-o", f"{tmp}/out{attempt}.mp4", "--threads", str(args.threads)]  # fmt: skip
-                command += ["--full-precision"] * (not half) + ["--preset", args.preset] * bool(args.preset)
-                if args.model:  # a file named from here, or a name the CLI knows
-                    command += ["--model", str(Path(args.model).resolve()) if Path(args.model).exists() else args.model]
-                done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-                fps = float(re.search(r"\(([\d.]+) fps\)", done.stdout).group(1))
-                best = fps if best is None else max(best, fps)
-    finally:
-        for hog in hogs:
-            hog.terminate()
-            hog.join()
+    with competing(load), tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(args.repeat):
+            command = [sys.executable, "-m", "vosctl", "segment", str(args.video.resolve()),
+                       "--mask", str(args.mask.resolve()), "--masks-dir", f"{tmp}/masks{attempt}",
+                       "-o", f"{tmp}/out{attempt}.mp4", "--threads", str(args.threads)]  # fmt: skip
+            command += ["--full-precision"] * (not half) + ["--preset", args.preset] * bool(args.preset)
+            if args.model:  # a file named from here, or a name the CLI knows
+                command += ["--model", str(Path(args.model).resolve()) if Path(args.model).exists() else args.model]
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+            fps = float(re.search(r"\(([\d.]+) fps\)", done.stdout).group(1))
+            best = fps if best is None else max(best, fps)
     return best
 
 
