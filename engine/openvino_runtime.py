@@ -38,19 +38,21 @@ class OpenVinoEmbedding:
         import openvino as ov
 
         core = ov.Core()
-        path = graph_file(model)
-        graph = None if path.is_file() else exported_graph(model)  # exports into the cache if it can
         config = {
             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "bf16" if bfloat16 else "f32",
             "ENABLE_CPU_PINNING": False,
         }
-        compiled_cache = path.parent / "openvino"
-        if path.is_file() and _writable_folder(compiled_cache):
-            compiled = core.compile_model(str(path), "CPU", {**config, "CACHE_DIR": str(compiled_cache)})
-        else:
-            compiled = core.compile_model(core.read_model(graph or exported_graph(model)), "CPU", config)
+        path = graph_file(model)
+        graph = None if path.is_file() else exported_graph(model)  # exported into the cache where it can be
+        if path.is_file():  # compiled from the file, so OpenVINO can cache what it compiles
+            compiled_cache = path.parent / "openvino"
+            if _writable_folder(compiled_cache):
+                config["CACHE_DIR"] = str(compiled_cache)
+            compiled = core.compile_model(str(path), "CPU", config)
+        else:  # a cache folder that cannot be written: the graph as exported
+            compiled = core.compile_model(core.read_model(graph), "CPU", config)
         self._request = compiled.create_infer_request()
         self._dim = model.dim
         self._tensor = ov.Tensor
