@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -229,6 +230,30 @@ def test_feature_cache_gives_the_backbone_features_of_whole_frames(davis, tmp_pa
     sample = cropped[1]
     assert [f.shape for f in sample["features"]] == [(3, 8, 4, 4), (3, 16, 2, 2)]
     assert sample["labels"].shape == (3, 4, 4)
+
+
+def test_stored_features_are_not_reused_for_other_frames_of_the_same_name(tmp_path):
+    """Stored files are named by sequence; another copy of the sequence under the same name (here
+    with other frames, as after a video codec) or a rewritten mask is computed afresh."""
+    model = create_model(ModelConfig(backbone="tiny", head="embedding"))
+    first = make_davis(tmp_path / "one", names=("a",))
+    second = make_davis(tmp_path / "two", names=("a",))
+    for frame in sorted((second / "JPEGImages" / "480p" / "a").glob("*.jpg")):
+        Image.fromarray(255 - np.array(Image.open(frame))).save(frame)
+    store = tmp_path / "store"
+
+    def cached(root: Path) -> FeatureCacheSet:
+        return FeatureCacheSet(
+            [load_sequence(root, "a")], model, frames_per_sample=3, max_size=64, every=1, seed=0, store=store
+        )
+
+    one, two = cached(first), cached(second)
+    assert not torch.equal(one.features[0][0], two.features[0][0])
+    assert torch.equal(cached(second).features[0][0], two.features[0][0])  # the same frames: read back
+    mask = sorted((second / "Annotations" / "480p" / "a").glob("*.png"))[1]
+    Image.fromarray(np.zeros_like(np.array(Image.open(mask)))).save(mask)
+    os.utime(mask, ns=(0, 10**18))  # a rewrite, whatever the file system's clock resolution
+    assert not torch.equal(cached(second).labels[0], two.labels[0])
 
 
 def cache_frame(seq, index: int) -> torch.Tensor:

@@ -12,7 +12,9 @@ a frame and random warps of it (trainer.pseudo_video), whose features are cached
 frames'. Labels are each grid cell's majority label, as the session labels its reference frame.
 
 With a ``store`` folder, each sequence's features are kept there and reused by later runs (the
-file is keyed by backbone, weights file name and size, and checked against the frame names).
+file is keyed by backbone, weights file name and size, and checked against the frames and masks it
+was computed from: their resolved paths, sizes and modification times, so another copy of a
+sequence under the same name, or a frame or mask rewritten, is computed afresh).
 
 Samples are drawn as in :class:`trainer.data.DavisTrainingSet`: a pure function of
 (seed, rank, index); frame 0 of a sample is the anchor frame.
@@ -119,7 +121,7 @@ class FeatureCacheSet(Dataset):
         every = keep[1] - keep[0] if len(keep) > 1 else 1
         return _stored(
             _store_folder(store, model, max_size) / f"{seq.name}-every{every}.pt" if store is not None else None,
-            [seq.frames[i].name for i in keep],
+            _sources(seq, keep),
             lambda: self._embed_sequence(seq, keep, model, max_size, device, batch),
         )
 
@@ -130,7 +132,7 @@ class FeatureCacheSet(Dataset):
         name = f"{seq.name}-every{every}-views{self.pseudo_views}-seed{self.seed}.pt"
         return _stored(
             _store_folder(store, model, max_size) / "pseudo" / name if store is not None else None,
-            [seq.frames[keep[b]].name for b in bases],
+            _sources(seq, keep) + [f"bases {bases}"],
             lambda: self._embed_views(seq, keep, bases, model, max_size, device, batch),
         )
 
@@ -267,9 +269,20 @@ def _store_folder(store: Path, model: EmbeddingModel, max_size: int) -> Path:
     return Path(store) / f"{config.backbone}-{weights}-{max_size}"
 
 
+def _sources(seq, keep: list[int]) -> list[str]:
+    """What the features and labels of frames ``keep`` of ``seq`` were computed from: each frame's
+    and mask's resolved path, size and modification time."""
+
+    def stamp(path: Path) -> str:
+        stat = Path(path).stat()
+        return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    return [f"{stamp(seq.frames[i])} {stamp(seq.masks[i])}" for i in keep]
+
+
 def _stored(path: Path | None, names: list[str], compute):
-    """(features, labels) from ``path`` when it holds those of the frames ``names``; else computed,
-    and kept there (no path: computed only)."""
+    """(features, labels) from ``path`` when it holds those computed from ``names`` (:func:`_sources`);
+    else computed, and kept there (no path: computed only)."""
     if path is None:
         return compute()
     if path.is_file():
