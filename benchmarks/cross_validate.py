@@ -117,7 +117,9 @@ def parse_value(text: str):
         return text
 
 
-def evaluate(overrides: dict, folds: list[str], out: Path, model_spec: str | None, pattern: str | None) -> None:
+def evaluate(
+    overrides: dict, folds: list[str], out: Path, model_spec: str | None, pattern: str | None, root: Path = CV_ROOT
+) -> None:
     from vosctl.eval_run import evaluate_model
 
     slug = "_".join([model_spec or pattern or "folds", *(f"{k}={v}" for k, v in sorted(overrides.items()))])
@@ -127,7 +129,7 @@ def evaluate(overrides: dict, folds: list[str], out: Path, model_spec: str | Non
     for fold in folds:
         model = model_spec or str(fold_model(fold, pattern))
         summary = evaluate_model(
-            data=CV_ROOT, split=fold, out=out / fold, model_spec=model, overrides=fold_settings(overrides, fold)
+            data=root, split=fold, out=out / fold, model_spec=model, overrides=fold_settings(overrides, fold)
         )
         for seq, scores in summary["sequences"].items():
             per_sequence[seq] = (scores["J_mean"], scores["F_mean"])
@@ -162,6 +164,13 @@ def main() -> None:
     ev = sub.add_parser("eval")
     ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
     ev.add_argument("--folds", default=",".join(FOLDS))
+    ev.add_argument(
+        "--root",
+        type=Path,
+        default=CV_ROOT,
+        help="The folds' data: runs/cv-davis (made by `splits`), or a copy in its layout, e.g. with frames "
+        "that went through a video codec.",
+    )
     ev.add_argument("--threads", type=int, default=1)
     ev.add_argument("--out", type=Path, default=RUNS / "results")
     ev.add_argument("--model", help="One model for every fold (e.g. imagenet) instead of the fold models.")
@@ -183,7 +192,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
-        evaluate(overrides, args.folds.split(","), args.out, args.model, args.fold_models)
+        evaluate(overrides, args.folds.split(","), args.out, args.model, args.fold_models, args.root)
 
 
 if __name__ == "__main__":
