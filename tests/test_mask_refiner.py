@@ -205,3 +205,6 @@ def test_cli_trains_a_refiner(tmp_path, run_cli):
     assert (net.config.width, net.config.fine) == (8, 4) and net.fine[-1].in_channels == 4
     bad = run_cli([*args, "--crop", "34", "--encoder", "tiny"])
     assert bad.exit_code == 1 and "multiple of 4" in bad.output
+    coded = run_cli([*args, "--encoder", "tiny", "--threads", "1", "--codec-crf", "23"])
+    assert coded.exit_code == 0, coded.output
+    assert sorted(p.name for p in (out / "codec-crf23").iterdir()) == ["a", "b", "c"]  # the frames it trained on

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from engine.datasets import read_annotation
 from engine.errors import VosError
 from engine.mask_refiner import RefinerConfig, build_refiner_net, save_refiner
+from trainer.codec import through_codec
 from trainer.data import _read_rgb, list_sequences, load_sequence
 
 
@@ -47,6 +48,7 @@ class RefinerTrainSettings:
     every: int = 2  # every n-th frame of each sequence is a training frame
     threads: int | None = None
     config: RefinerConfig = RefinerConfig()
+    codec_crf: int | None = None  # train on the frames as H.264 at this CRF leaves them (trainer.codec)
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,14 @@ class Frame:
     mask: np.ndarray  # (H, W) uint8 object ids, 255 void
 
 
-def load_frames(data: Path, names: list[str], every: int) -> list[Frame]:
+def load_frames(data: Path, names: list[str], every: int, codec: tuple[int, Path] | None = None) -> list[Frame]:
+    """Every ``every``-th frame of each sequence with its mask; with ``codec`` (crf, folder), the
+    frames as H.264 at that CRF leaves them, the decoded copies kept in ``folder``."""
     frames = []
     for name in names:
         seq = load_sequence(data, name)
+        if codec is not None:
+            seq = through_codec(seq, codec[0], codec[1] / name)
         for i in range(0, len(seq.frames), max(1, every)):
             frames.append(Frame(_read_rgb(seq.frames[i]), read_annotation(seq.masks[i])))
     if not frames:
@@ -161,7 +167,10 @@ def train_refiner(*, settings: RefinerTrainSettings, log=print) -> Path:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     names = list(settings.sequences) or list_sequences(settings.data)
-    frames = load_frames(settings.data, names, settings.every)
+    codec = None
+    if settings.codec_crf is not None:
+        codec = (settings.codec_crf, Path(settings.out) / f"codec-crf{settings.codec_crf}")
+    frames = load_frames(settings.data, names, settings.every, codec)
     log(f"{len(frames)} frames of {len(names)} sequences")
     torch.manual_seed(settings.seed)
     net = build_refiner_net(settings.config)

@@ -44,6 +44,8 @@ class DataSettings:
     # Share of samples that are pseudo-videos: a frame and random warps of it (trainer.pseudo_video)
     cache_pseudo: float = 0.0
     cache_pseudo_views: int = 2  # warped views per frame (of every third cached frame)
+    # Train on the frames as H.264 at this CRF leaves them (trainer.codec); None: as stored.
+    codec_crf: int | None = None
 
     def __post_init__(self) -> None:
         if self.crop < 32 or self.crop % 32:
@@ -66,6 +68,8 @@ class DataSettings:
             raise VosError("--cache-pseudo caches the warped frames' features: add --cache-features.")
         if not 0.0 < self.scale[0] <= self.scale[1]:
             raise VosError("The scale range must be positive and increasing.")
+        if self.codec_crf is not None and not 0 <= self.codec_crf <= 51:
+            raise VosError("--codec-crf must be in 0..51 (x264's range).")
 
 
 @dataclass(kw_only=True)

@@ -34,6 +34,7 @@ from engine.session import session_config_for
 from trainer import distributed as dist
 from trainer.cache import FeatureCacheSet
 from trainer.checkpoint import checkpoint_settings, load_checkpoint, restore_checkpoint, save_checkpoint
+from trainer.codec import through_codec
 from trainer.data import DavisTrainingSet, load_sequence, make_loader, split_sequences
 from trainer.loss import pixelwise_triplet_loss
 from trainer.report import Reporter
@@ -212,6 +213,10 @@ def _dataset(settings: TrainSettings, model: EmbeddingModel, device: torch.devic
     """The sample stream of this rank, its loader worker count and the seconds spent caching."""
     data, run = settings.data, settings.run
     sequences = [load_sequence(data.root, name) for name in data.sequences]
+    if data.codec_crf is not None:
+        # Kept with the cached features, or in the run's folder, so a later run or --resume reuses them.
+        folder = Path(data.cache_dir or run.out) / f"codec-crf{data.codec_crf}"
+        sequences = [through_codec(seq, data.codec_crf, folder / seq.name) for seq in sequences]
     if not data.cache_features:
         dataset = DavisTrainingSet(
             sequences,

@@ -161,6 +161,16 @@ def train(
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="With --cache-features: keep the features here for later runs.")
     ] = None,
+    codec_crf: Annotated[
+        int | None,
+        typer.Option(
+            "--codec-crf",
+            min=0,
+            max=51,
+            help="Train on the frames as H.264 at this CRF leaves them (23: ffmpeg's default), as in the mp4s "
+            "segmented later; the decoded copies are kept in --cache-dir (else the --out folder).",
+        ),
+    ] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 1e-4,
     backbone: Annotated[
         str,
@@ -254,6 +264,7 @@ def train(
                 cache_pseudo=cache_pseudo,
                 cache_pseudo_views=cache_pseudo_views,
                 cache_dir=cache_dir,
+                codec_crf=codec_crf,
             ),
             model=ModelSettings(
                 backbone=backbone,

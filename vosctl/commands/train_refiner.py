@@ -32,6 +32,15 @@ def train_refiner(
     fine: Annotated[int, typer.Option("--fine", min=1, help="Channels of the head's stride-2 part.")] = 16,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads torch may use.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the samples are a function of it.")] = 0,
+    codec_crf: Annotated[
+        int | None,
+        typer.Option(
+            "--codec-crf",
+            min=0,
+            max=51,
+            help="Train on the frames as H.264 at this CRF leaves them (decoded copies kept in --out).",
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Train the learned boundary refiner (`--refine learned+bilateral`) on ground-truth masks.
@@ -58,6 +67,7 @@ def train_refiner(
             threads=threads,
             seed=seed,
             config=RefinerConfig(encoder=encoder, width=width, fine=fine),
+            codec_crf=codec_crf,
         )
         path = run(settings=settings, log=out.print)
         out.print(f"  wrote {path}")
