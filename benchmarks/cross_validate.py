@@ -14,6 +14,9 @@ so every sequence is scored by a model that never saw it.
     python benchmarks/cross_validate.py eval --fold-models 'runs/gpu/ft-{fold}.pt'   # other fold models
     python benchmarks/cross_validate.py train-refiner --fold f1   # the learned refiner without f1
     python benchmarks/cross_validate.py eval --set 'refiner_file=runs/cv/{fold}/refiner.pt'   # refined by it
+    python benchmarks/cross_validate.py codec --crf 23 --out runs/cv-davis-h264   # the frames through H.264
+    python benchmarks/cross_validate.py eval --root runs/cv-davis-h264   # scored on them (as mp4 clips are)
+    python benchmarks/cross_validate.py train --fold f1 --data runs/cv-davis-h264 --tag h264   # trained on them
 
 ``eval`` prints J and F per fold and over the 30 sequences (the mean over sequences, as DAVIS
 reports), for the default session settings or the ``--set`` overrides. Fold models live in
@@ -95,6 +98,23 @@ def train_refiner(fold: str, data: Path, threads: int, seed: int, extra: str = "
     subprocess.run(cmd, check=True)
 
 
+def make_codec_root(data: Path, crf: int, out: Path) -> None:
+    """A copy of runs/cv-davis whose frames went through H.264 at ``crf`` (trainer.codec): one stream
+    per sequence, decoded; the annotations and split files are links to runs/cv-davis's."""
+    from trainer.codec import through_codec
+    from trainer.data import load_sequence
+
+    if not (CV_ROOT / "ImageSets").is_dir():
+        raise SystemExit("Make the splits first: python benchmarks/cross_validate.py splits")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("Annotations", "ImageSets"):
+        if not (out / name).exists():
+            (out / name).symlink_to((CV_ROOT / name).resolve(), target_is_directory=True)
+    for seq in sorted(s for seqs in FOLDS.values() for s in seqs):
+        through_codec(load_sequence(data, seq), crf, out / "JPEGImages" / "480p" / seq)
+        print(seq, flush=True)
+
+
 def fold_model(fold: str, pattern: str | None = None) -> Path:
     if pattern:
         return Path(pattern.format(fold=fold))
@@ -161,6 +181,10 @@ def main() -> None:
     tref.add_argument("--seed", type=int, default=0)
     tref.add_argument("--extra", default="", help="Options after the recipe's, e.g. '--steps 2400'.")
     tref.add_argument("--tag", default="", help="With --extra: train into runs/cv/FOLD-TAG[-sSEED].")
+    codec = sub.add_parser("codec")
+    codec.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    codec.add_argument("--crf", type=int, default=23, help="x264's constant rate factor (23: ffmpeg's default).")
+    codec.add_argument("--out", type=Path, default=ROOT / "runs" / "cv-davis-h264")
     ev = sub.add_parser("eval")
     ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
     ev.add_argument("--folds", default=",".join(FOLDS))
@@ -179,6 +203,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "splits":
         make_splits(args.data)
+    elif args.command == "codec":
+        make_codec_root(args.data, args.crf, args.out)
     elif args.command == "train":
         if args.extra and not args.tag:
             parser.error("--extra needs a --tag, so the recipe's own fold models are not overwritten.")
