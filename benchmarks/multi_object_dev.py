@@ -23,6 +23,7 @@ the size of the held-out multi-object clips, and fixed by the seed.
     python benchmarks/multi_object_dev.py make --kind crowd        # runs/multi-dev-crowd, 2 clips a fold
     python benchmarks/multi_object_dev.py eval --data runs/multi-dev-kind
     python benchmarks/multi_object_dev.py eval [--set NAME=VALUE]  # mean J per object, per clip
+    python benchmarks/multi_object_dev.py codec --data runs/multi-dev-kind   # runs/multi-dev-kind-h264
 
 ``eval`` prints, per clip, J and F of each object (frames 1 to N-2, as DAVIS), and the mean J per
 object averaged over the clips (the figure of the held-out multi-object clips).
@@ -292,6 +293,24 @@ def evaluate(data: Path, overrides: dict, folds: list[str], pattern: str | None)
           f"({time.time() - start:.0f} s)")  # fmt: skip
 
 
+def make_codec_copy(data: Path, crf: int, out: Path) -> None:
+    """A copy of a dev set whose clips went through H.264 at ``crf`` (trainer.codec), as the held-out
+    clips reach vosctl as mp4 files; the masks, split files and clips.json are the set's own."""
+    import shutil
+
+    from trainer.codec import through_codec
+    from trainer.data import load_sequence
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("Annotations", "ImageSets"):
+        if not (out / name).exists():
+            (out / name).symlink_to((data / name).resolve(), target_is_directory=True)
+    shutil.copy(data / "clips.json", out / "clips.json")
+    for clip in sorted(p.name for p in (data / "JPEGImages" / "480p").iterdir()):
+        through_codec(load_sequence(data, clip), crf, out / "JPEGImages" / "480p" / clip)
+    print(f"{out}: the clips of {data} through H.264 at CRF {crf}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,6 +321,10 @@ def main() -> None:
     mk.add_argument("--kind", choices=("twins", "same-kind", "crowd"), default="twins",
                     help="The look-alike: the host's own object (twins) or another object of its kind; crowd: "
                     "five objects, four of one kind.")  # fmt: skip
+    codec = sub.add_parser("codec")
+    codec.add_argument("--data", type=Path, default=OUT)
+    codec.add_argument("--crf", type=int, default=23, help="x264's constant rate factor (23: ffmpeg's default).")
+    codec.add_argument("--out", type=Path, help="Default: the set's folder with -h264 appended.")
     ev = sub.add_parser("eval")
     ev.add_argument("--data", type=Path, default=OUT)
     ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="A session setting.")
@@ -312,6 +335,8 @@ def main() -> None:
     if args.command == "make":
         out = args.out or {"twins": OUT, "same-kind": OUT_SAME_KIND, "crowd": OUT_CROWD}[args.kind]
         make(args.data, out, args.seed, args.kind)
+    elif args.command == "codec":
+        make_codec_copy(args.data, args.crf, args.out or args.data.with_name(args.data.name + "-h264"))
     else:
         import torch
 
