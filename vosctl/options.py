@@ -121,3 +121,14 @@ def session_overrides(
         "refine": refine.value if refine is not None else None,
         "half": False if full_precision else None,
     }
+
+
+def codec_crf_option(kept: str) -> typer.models.OptionInfo:
+    """``--codec-crf`` of the training commands; ``kept`` says where the decoded copies go."""
+    return typer.Option(
+        "--codec-crf",
+        min=0,
+        max=51,
+        help=f"Train on the frames as H.264 at this CRF leaves them (23: ffmpeg's default), as in the mp4s "
+        f"segmented later; the decoded copies are kept in {kept}.",
+    )

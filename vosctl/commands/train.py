@@ -17,7 +17,7 @@ import typer
 from engine.errors import VosError
 from trainer.settings import DataSettings, LossSettings, ModelSettings, OptimSettings, RunSettings, TrainSettings
 from vosctl.console import out, reported_errors
-from vosctl.options import DebugOption, DeviceOption
+from vosctl.options import DebugOption, DeviceOption, codec_crf_option
 
 
 def parse_sequence_list(value: str | None) -> tuple[str, ...]:
@@ -161,16 +161,7 @@ def train(
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="With --cache-features: keep the features here for later runs.")
     ] = None,
-    codec_crf: Annotated[
-        int | None,
-        typer.Option(
-            "--codec-crf",
-            min=0,
-            max=51,
-            help="Train on the frames as H.264 at this CRF leaves them (23: ffmpeg's default), as in the mp4s "
-            "segmented later; the decoded copies are kept in --cache-dir (else the --out folder).",
-        ),
-    ] = None,
+    codec_crf: Annotated[int | None, codec_crf_option("--cache-dir (else the --out folder)")] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 1e-4,
     backbone: Annotated[
         str,

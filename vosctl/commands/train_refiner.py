@@ -10,7 +10,7 @@ import typer
 from engine.errors import VosError
 from vosctl.commands.train import parse_sequence_list
 from vosctl.console import out, reported_errors
-from vosctl.options import DebugOption
+from vosctl.options import DebugOption, codec_crf_option
 
 
 def train_refiner(
@@ -32,15 +32,7 @@ def train_refiner(
     fine: Annotated[int, typer.Option("--fine", min=1, help="Channels of the head's stride-2 part.")] = 16,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads torch may use.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the samples are a function of it.")] = 0,
-    codec_crf: Annotated[
-        int | None,
-        typer.Option(
-            "--codec-crf",
-            min=0,
-            max=51,
-            help="Train on the frames as H.264 at this CRF leaves them (decoded copies kept in --out).",
-        ),
-    ] = None,
+    codec_crf: Annotated[int | None, codec_crf_option("the --out folder")] = None,
     debug: DebugOption = False,
 ) -> None:
     """Train the learned boundary refiner (`--refine learned+bilateral`) on ground-truth masks.
