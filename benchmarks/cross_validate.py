@@ -98,21 +98,15 @@ def train_refiner(fold: str, data: Path, threads: int, seed: int, extra: str = "
     subprocess.run(cmd, check=True)
 
 
-def make_codec_root(data: Path, crf: int, out: Path) -> None:
+def make_codec_root(crf: int, out: Path) -> None:
     """A copy of runs/cv-davis whose frames went through H.264 at ``crf`` (trainer.codec): one stream
     per sequence, decoded; the annotations and split files are links to runs/cv-davis's."""
-    from trainer.codec import through_codec
-    from trainer.data import load_sequence
+    from trainer.codec import codec_copy
 
     if not (CV_ROOT / "ImageSets").is_dir():
         raise SystemExit("Make the splits first: python benchmarks/cross_validate.py splits")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("Annotations", "ImageSets"):
-        if not (out / name).exists():
-            (out / name).symlink_to((CV_ROOT / name).resolve(), target_is_directory=True)
-    for seq in sorted(s for seqs in FOLDS.values() for s in seqs):
-        through_codec(load_sequence(data, seq), crf, out / "JPEGImages" / "480p" / seq)
-        print(seq, flush=True)
+    codec_copy(CV_ROOT, sorted(s for seqs in FOLDS.values() for s in seqs), crf, out)
+    print(f"{out}: the folds' frames through H.264 at CRF {crf}")
 
 
 def fold_model(fold: str, pattern: str | None = None) -> Path:
@@ -182,7 +176,6 @@ def main() -> None:
     tref.add_argument("--extra", default="", help="Options after the recipe's, e.g. '--steps 2400'.")
     tref.add_argument("--tag", default="", help="With --extra: train into runs/cv/FOLD-TAG[-sSEED].")
     codec = sub.add_parser("codec")
-    codec.add_argument("--data", type=Path, default=DEFAULT_DATA)
     codec.add_argument("--crf", type=int, default=23, help="x264's constant rate factor (23: ffmpeg's default).")
     codec.add_argument("--out", type=Path, default=ROOT / "runs" / "cv-davis-h264")
     ev = sub.add_parser("eval")
@@ -204,7 +197,7 @@ def main() -> None:
     if args.command == "splits":
         make_splits(args.data)
     elif args.command == "codec":
-        make_codec_root(args.data, args.crf, args.out)
+        make_codec_root(args.crf, args.out)
     elif args.command == "train":
         if args.extra and not args.tag:
             parser.error("--extra needs a --tag, so the recipe's own fold models are not overwritten.")

@@ -298,16 +298,10 @@ def make_codec_copy(data: Path, crf: int, out: Path) -> None:
     clips reach vosctl as mp4 files; the masks, split files and clips.json are the set's own."""
     import shutil
 
-    from trainer.codec import through_codec
-    from trainer.data import load_sequence
+    from trainer.codec import codec_copy
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("Annotations", "ImageSets"):
-        if not (out / name).exists():
-            (out / name).symlink_to((data / name).resolve(), target_is_directory=True)
+    codec_copy(data, sorted(p.name for p in (data / "JPEGImages" / "480p").iterdir()), crf, out)
     shutil.copy(data / "clips.json", out / "clips.json")
-    for clip in sorted(p.name for p in (data / "JPEGImages" / "480p").iterdir()):
-        through_codec(load_sequence(data, clip), crf, out / "JPEGImages" / "480p" / clip)
     print(f"{out}: the clips of {data} through H.264 at CRF {crf}")
 
 

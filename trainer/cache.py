@@ -36,7 +36,7 @@ from engine.embedder import processing_size
 from engine.errors import VosError
 from engine.factory import atomic_save
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
-from trainer.data import IGNORE, Sequence, _remap_ids
+from trainer.data import IGNORE, Sequence, _remap_ids, file_stamp
 from trainer.feature_paste import paste_distractor
 from trainer.pseudo_video import view_rng, warp_views
 
@@ -272,12 +272,7 @@ def _store_folder(store: Path, model: EmbeddingModel, max_size: int) -> Path:
 def _sources(seq, keep: list[int]) -> list[str]:
     """What the features and labels of frames ``keep`` of ``seq`` were computed from: each frame's
     and mask's resolved path, size and modification time."""
-
-    def stamp(path: Path) -> str:
-        stat = Path(path).stat()
-        return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-
-    return [f"{stamp(seq.frames[i])} {stamp(seq.masks[i])}" for i in keep]
+    return [f"{file_stamp(seq.frames[i])} {file_stamp(seq.masks[i])}" for i in keep]
 
 
 def _stored(path: Path | None, names: list[str], compute):

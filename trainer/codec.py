@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.errors import VosError
 from engine.files import write_atomic
-from trainer.data import Sequence
+from trainer.data import Sequence, _read_rgb, file_stamp, load_sequence
 
 RATE = 24
 STAMP = "source.json"
@@ -64,8 +64,7 @@ def transcode(frames: list[np.ndarray], crf: int) -> list[np.ndarray]:
 
 
 def _stamp(seq: Sequence, crf: int) -> dict:
-    frames = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in seq.frames]
-    return {"crf": crf, "frames": frames}
+    return {"crf": crf, "frames": [file_stamp(p) for p in seq.frames]}
 
 
 def through_codec(seq: Sequence, crf: int, folder: Path) -> Sequence:
@@ -83,13 +82,7 @@ def through_codec(seq: Sequence, crf: int, folder: Path) -> Sequence:
             pass  # a stamp cut short: transcoded again
     folder.mkdir(parents=True, exist_ok=True)
     stamp_file.unlink(missing_ok=True)  # no stamp while the copies are being rewritten
-    rgb = []
-    for path in seq.frames:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise VosError(f"The frame {path} is not a readable image.")
-        rgb.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    for path, frame in zip(copies, transcode(rgb, crf), strict=True):
+    for path, frame in zip(copies, transcode([_read_rgb(p) for p in seq.frames], crf), strict=True):
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), _JPEG)
         if not ok:
             raise VosError(f"Could not encode {path}.")
@@ -97,3 +90,16 @@ def through_codec(seq: Sequence, crf: int, folder: Path) -> Sequence:
     text = json.dumps(stamp)
     write_atomic(stamp_file, lambda tmp: tmp.write_text(text))
     return replace(seq, frames=copies)
+
+
+def codec_copy(root: Path, names: list[str], crf: int, out: Path) -> None:
+    """A copy of the DAVIS-layout ``root`` whose sequences ``names`` went through H.264 at ``crf``
+    (:func:`through_codec`), for scoring or training on frames as an mp4 holds them; its
+    Annotations and ImageSets are links to ``root``'s."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("Annotations", "ImageSets"):
+        if not (out / name).exists():
+            (out / name).symlink_to((Path(root) / name).resolve(), target_is_directory=True)
+    for name in names:
+        through_codec(load_sequence(root, name), crf, out / "JPEGImages" / "480p" / name)

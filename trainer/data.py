@@ -95,6 +95,12 @@ def labels_to_grid(labels: torch.Tensor, stride: int = OUTPUT_STRIDE) -> torch.T
     return F.avg_pool2d(one_hot, stride).argmax(1) + IGNORE
 
 
+def file_stamp(path: Path) -> str:
+    """A file's resolved path, size and modification time: what tells a kept result of it is stale."""
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
 def _read_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.array(image.convert("RGB"))
