@@ -69,6 +69,14 @@ def test_through_codec_keeps_a_copy_and_renews_it_when_its_source_changes(tmp_pa
     assert not np.array_equal(renewed, copy)
 
 
+def test_through_codec_names_a_frame_it_cannot_read(tmp_path):
+    root = make_davis(tmp_path / "davis", names=("a",))
+    seq = load_sequence(root, "a")
+    seq.frames[2].write_bytes(b"not a jpeg")
+    with pytest.raises(VosError, match="00002.jpg is not a readable image"):
+        through_codec(seq, 23, tmp_path / "codec")
+
+
 def test_training_with_codec_crf_keeps_the_coded_frames_with_the_cache(tmp_path):
     root = make_davis(tmp_path / "davis")
     settings = tiny_settings(root, tmp_path / "run", steps=2)

@@ -102,8 +102,11 @@ def file_stamp(path: Path) -> str:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except OSError as error:  # PIL's UnidentifiedImageError is one
+        raise VosError(f"The frame {path} is not a readable image.") from error
 
 
 def _remap_ids(masks: np.ndarray) -> np.ndarray:
