@@ -9,7 +9,9 @@ the head and the refiner learn from what they will see.
 Each sequence is encoded as one H.264 stream (libx264, 4:2:0, ``crf``, 24 fps, x264's default
 preset, so P and B frames are predicted as in a real file), decoded, and its frames are written as
 JPEGs of quality 100 without chroma subsampling (their error is far below the codec's). The copy is
-kept in ``folder`` beside a stamp of the frames it came from, and reused while they do not change.
+kept in ``folder`` beside a stamp of the frames it came from, and reused while they do not change;
+it is not made the same twice (libx264 through PyAV gave frames differing between runs, with its
+own threads and, less often, with one), so training on it repeats exactly only with the copy kept.
 """
 
 from __future__ import annotations
