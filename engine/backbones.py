@@ -52,6 +52,11 @@ class Backbone(nn.Module):
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def forward_from(self, features: list[torch.Tensor], level: int) -> list[torch.Tensor]:
+        """The levels after ``level`` computed from ``features[level]`` (the levels up to it as
+        ``forward`` gave them): the coarse layers alone, run again on stored finer features."""
+        raise VosError(f"{type(self).__name__} cannot compute its coarse levels from stored features.")
+
     def layers_from(self, stride: int) -> list[str]:
         """State-dict prefixes of the layers whose output stride is at least ``stride``: the part a
         partial fine-tuning trains (the coarse, semantic layers), leaving the costly fine ones frozen."""
@@ -205,6 +210,18 @@ class EfficientNetLite(Backbone):
                 out.append(x)
         return out
 
+    def forward_from(self, features: list[torch.Tensor], level: int) -> list[torch.Tensor]:
+        starts = {n: index for index, n in self._taps.items()}
+        if level not in starts:
+            raise VosError(f"This backbone has levels 0 to {len(self.levels) - 1}, not {level}.")
+        x = features[level]
+        out = list(features[: level + 1])
+        for i in range(starts[level] + 1, len(self._blocks)):
+            x = self._blocks[i](x)
+            if i in self._taps:
+                out.append(x)
+        return out
+
     def classify(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised -> ImageNet logits (B, 1000)."""
         if not hasattr(self, "_fc"):
@@ -279,6 +296,11 @@ class TinyBackbone(Backbone):
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         x8 = self.stem(image)
         return [x8, self.down(x8)]
+
+    def forward_from(self, features: list[torch.Tensor], level: int) -> list[torch.Tensor]:
+        if level not in (0, 1):
+            raise VosError(f"This backbone has levels 0 and 1, not {level}.")
+        return [features[0], self.down(features[0])] if level == 0 else list(features[:2])
 
 
 @register_backbone("tiny")

@@ -98,6 +98,24 @@ def test_layers_from_a_stride_name_the_coarse_part_of_each_backbone():
         assert 64 // x.shape[-1] == lite.layer_strides[f"_blocks.{i}"]
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "tiny"])
+def test_coarse_levels_computed_again_from_a_finer_one_equal_the_whole_forward(name):
+    """What partial fine-tuning on cached features relies on: the levels after ``level``, run from
+    the stored ``features[level]`` alone, are those of the whole network."""
+    backbone = create_backbone(name, pretrained=False).eval()
+    with torch.inference_mode():
+        whole = backbone(backbone.normalisation.apply(torch.rand(1, 3, 64, 96) * 255))
+        for level in range(len(whole)):
+            # Only the stored level is read: the coarser ones given here are garbage.
+            given = [f if i <= level else torch.full_like(f, 7.0) for i, f in enumerate(whole)]
+            again = backbone.forward_from(given, level)
+            assert len(again) == len(whole)
+            for a, b in zip(again, whole, strict=True):
+                torch.testing.assert_close(a, b)
+    with pytest.raises(VosError, match="not 5"):
+        backbone.forward_from(whole, 5)
+
+
 def test_lite0_cut_at_stride_16_gives_lite0s_first_two_levels():
     """efficientnet_lite0_s16 is Lite0 without its stride-32 stage: the same weights and features
     up to stride 16, no layer beyond it, and no classifier."""

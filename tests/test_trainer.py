@@ -173,6 +173,42 @@ def test_partial_fine_tuning_trains_only_the_coarse_layers_and_saves_only_them(d
         ModelSettings(train_backbone_from=16)
 
 
+def test_cached_features_train_the_coarse_layers_computed_again_from_the_stored_level(davis, tmp_path):
+    settings = tiny_settings(davis, tmp_path / "run")
+    settings = replace(
+        settings,
+        data=replace(settings.data, cache_features=True, sequences=("a", "b")),
+        model=replace(settings.model, train_backbone=True, train_backbone_from=16),
+    )
+    stock = create_model(settings.model.model_config(), pretrained=True).backbone.state_dict()
+    # The net takes the stored stride-8 level and computes stride 16 again, as from the images.
+    model, *_ = _build(settings, torch.device("cpu"))
+    net = TrainingNet(model)
+    images = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        stored = model.backbone(model.backbone.normalisation.apply(images))
+    emb = net(None, torch.zeros(2), [stored[0].half(), torch.zeros_like(stored[1])])
+    torch.testing.assert_close(emb, net(images, torch.zeros(2)), atol=5e-3, rtol=5e-3)
+    emb.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.down.parameters())
+    assert all(p.grad is None for p in model.backbone.stem.parameters())
+    # A run: the coarse layer learns and is saved, the fine one is the stock one.
+    finished = run_training(settings=settings)
+    loaded = build_model(finished.model)
+    assert any(not torch.equal(v, stock[k]) for k, v in loaded.backbone.state_dict().items() if k.startswith("down."))
+    assert_same_state(
+        {k: v for k, v in loaded.backbone.state_dict().items() if k.startswith("stem.")},
+        {k: v for k, v in stock.items() if k.startswith("stem.")},
+    )
+    # Cached features with every layer trained, or none of the cache's levels frozen: one clear error.
+    whole = replace(settings, model=replace(settings.model, train_backbone_from=0))
+    with pytest.raises(VosError, match="fine layers frozen"):
+        run_training(settings=whole)
+    every = replace(settings, model=replace(settings.model, train_backbone_from=8))
+    with pytest.raises(VosError, match="fine layers frozen"):
+        run_training(settings=every)
+
+
 # ---- data ----------------------------------------------------------------------------------------
 
 

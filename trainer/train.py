@@ -78,9 +78,27 @@ class TrainingNet(nn.Module):
         else:
             stride = self.model.backbone.levels[0].stride
             gh, gw = (n * stride // OUTPUT_STRIDE for n in features[0].shape[-2:])
+            if self.model.config.train_backbone:  # the coarse levels again, from the cache's finer one
+                level = stored_level(self.model)
+                features = self.model.backbone.forward_from([f.float() for f in features[: level + 1]], level)
         coords = coordinate_grid(gh, gw, 0.0, device=t.device).expand(len(t), -1, -1, -1).clone()
         coords[:, 2] = t.to(coords.dtype)[:, None, None]
         return self.model.head(features, coords)
+
+
+def stored_level(model: EmbeddingModel) -> int:
+    """With cached features and a partly trained backbone: the last level the frozen layers give
+    (the cache holds it); the trained layers compute the coarser levels from it. The layers trained
+    (``train_backbone_from``) must be exactly those after it."""
+    levels = model.backbone.levels
+    frozen = [i for i, level in enumerate(levels) if level.stride < model.config.train_backbone_from]
+    if not frozen or len(frozen) == len(levels):
+        strides = ", ".join(str(level.stride) for level in levels[1:])
+        raise VosError(
+            f"Cached features need the fine layers frozen: --train-backbone-from must be one of the "
+            f"coarser levels' strides ({strides})."
+        )
+    return frozen[-1]
 
 
 def set_train_mode(model: EmbeddingModel) -> None:
@@ -135,8 +153,11 @@ def resolve_settings(settings: TrainSettings) -> TrainSettings:
         raise VosError(f"Unknown backbone '{settings.model.backbone}'; choose one of: {', '.join(backbone_names())}.")
     if settings.model.backbone_weights and settings.model.backbone != "deeplab_resnet101":
         raise VosError("--backbone-weights is for deeplab_resnet101; the other backbones bring their own weights.")
-    if settings.data.cache_features and settings.model.train_backbone:
-        raise VosError("Cached features need a frozen backbone; drop --cache-features or --train-backbone.")
+    if settings.data.cache_features and settings.model.train_backbone and not settings.model.train_backbone_from:
+        raise VosError(
+            "Cached features need the fine layers frozen: add --train-backbone-from STRIDE, drop "
+            "--cache-features, or drop --train-backbone."
+        )
     if settings.data.root is None:
         raise VosError("Training needs --data, the folder of the training videos (DAVIS layout).")
     train, val = split_sequences(settings.data.root, settings.data.sequences, settings.data.val_sequences)
@@ -174,6 +195,8 @@ def _build(settings: TrainSettings, device: torch.device):
     torch.manual_seed(settings.seed)  # the same initial weights on every rank
     model = create_model(settings.model.model_config(), pretrained=True)
     set_trainable_backbone(model)
+    if settings.data.cache_features and settings.model.train_backbone:
+        stored_level(model)  # the trained layers are exactly the coarse levels' (or a clear error now)
     model.to(device)
     net: nn.Module = TrainingNet(model)
     if dist.world_size() > 1:
@@ -229,6 +252,10 @@ def _dataset(settings: TrainSettings, model: EmbeddingModel, device: torch.devic
         )
         return dataset, run.workers, 0.0
     began = time.perf_counter()
+    if settings.model.train_backbone:
+        # The cache holds what the frozen layers give, so it never takes trained weights (a resumed
+        # run's), which would also reach the store that frozen-backbone runs read.
+        model = create_model(settings.model.model_config(), pretrained=True).to(device).eval()
     dataset = FeatureCacheSet(
         sequences,
         model,

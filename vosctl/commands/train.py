@@ -105,7 +105,9 @@ def train(
     cache_features: Annotated[
         bool,
         typer.Option(
-            "--cache-features", help="Frozen backbone: compute its features once per frame (no augmentation)."
+            "--cache-features",
+            help="Compute the frozen backbone's features once per frame (no augmentation); with "
+            "--train-backbone-from S, the layers at stride S and coarser run on the cached finer level.",
         ),
     ] = False,
     cache_every: Annotated[
