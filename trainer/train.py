@@ -88,8 +88,9 @@ class TrainingNet(nn.Module):
 
 def stored_level(model: EmbeddingModel) -> int:
     """With cached features and a partly trained backbone: the last level the frozen layers give
-    (the cache holds it); the trained layers compute the coarser levels from it. The layers trained
-    (``train_backbone_from``) must be exactly those after it."""
+    (the cache holds it); the trained layers, those at ``train_backbone_from`` and coarser, come
+    after it in every backbone with ``forward_from`` and compute the coarser levels from it. Raises
+    when no level is frozen or none is trained."""
     levels = model.backbone.levels
     frozen = [i for i, level in enumerate(levels) if level.stride < model.config.train_backbone_from]
     if not frozen or len(frozen) == len(levels):
