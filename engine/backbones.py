@@ -202,21 +202,17 @@ class EfficientNetLite(Backbone):
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) normalised -> [(B, C_l, H/s_l, W/s_l) for each level]."""
-        x = F.relu6(self._bn0(self._conv_stem(image)))
-        out: list[torch.Tensor] = []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i in self._taps:
-                out.append(x)
-        return out
+        return self._blocks_from(F.relu6(self._bn0(self._conv_stem(image))), 0, [])
 
     def forward_from(self, features: list[torch.Tensor], level: int) -> list[torch.Tensor]:
         starts = {n: index for index, n in self._taps.items()}
         if level not in starts:
             raise VosError(f"This backbone has levels 0 to {len(self.levels) - 1}, not {level}.")
-        x = features[level]
-        out = list(features[: level + 1])
-        for i in range(starts[level] + 1, len(self._blocks)):
+        return self._blocks_from(features[level], starts[level] + 1, list(features[: level + 1]))
+
+    def _blocks_from(self, x: torch.Tensor, first: int, out: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run blocks ``first``.. on ``x``, appending each tapped block's output to ``out``."""
+        for i in range(first, len(self._blocks)):
             x = self._blocks[i](x)
             if i in self._taps:
                 out.append(x)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.backbones import backbone_names
+from engine.backbones import FeatureLevel, backbone_names, create_backbone
 from engine.errors import VosError
 from engine.factory import save_model_file
 from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid, create_model, trained_backbone_state
@@ -79,20 +79,19 @@ class TrainingNet(nn.Module):
             stride = self.model.backbone.levels[0].stride
             gh, gw = (n * stride // OUTPUT_STRIDE for n in features[0].shape[-2:])
             if self.model.config.train_backbone:  # the coarse levels again, from the cache's finer one
-                level = stored_level(self.model)
+                level = stored_level(self.model.backbone.levels, self.model.config.train_backbone_from)
                 features = self.model.backbone.forward_from([f.float() for f in features[: level + 1]], level)
         coords = coordinate_grid(gh, gw, 0.0, device=t.device).expand(len(t), -1, -1, -1).clone()
         coords[:, 2] = t.to(coords.dtype)[:, None, None]
         return self.model.head(features, coords)
 
 
-def stored_level(model: EmbeddingModel) -> int:
-    """With cached features and a partly trained backbone: the last level the frozen layers give
-    (the cache holds it); the trained layers, those at ``train_backbone_from`` and coarser, come
-    after it in every backbone with ``forward_from`` and compute the coarser levels from it. Raises
-    when no level is frozen or none is trained."""
-    levels = model.backbone.levels
-    frozen = [i for i, level in enumerate(levels) if level.stride < model.config.train_backbone_from]
+def stored_level(levels: tuple[FeatureLevel, ...], train_from: int) -> int:
+    """With cached features and a partly trained backbone (``levels``; layers at stride
+    ``train_from`` and coarser trained): the last level the frozen layers give (the cache holds it).
+    The trained layers come after it in every backbone with ``forward_from`` and compute the coarser
+    levels from it. Raises when no level is frozen or none is trained."""
+    frozen = [i for i, level in enumerate(levels) if level.stride < train_from]
     if not frozen or len(frozen) == len(levels):
         strides = ", ".join(str(level.stride) for level in levels[1:])
         raise VosError(
@@ -154,11 +153,10 @@ def resolve_settings(settings: TrainSettings) -> TrainSettings:
         raise VosError(f"Unknown backbone '{settings.model.backbone}'; choose one of: {', '.join(backbone_names())}.")
     if settings.model.backbone_weights and settings.model.backbone != "deeplab_resnet101":
         raise VosError("--backbone-weights is for deeplab_resnet101; the other backbones bring their own weights.")
-    if settings.data.cache_features and settings.model.train_backbone and not settings.model.train_backbone_from:
-        raise VosError(
-            "Cached features need the fine layers frozen: add --train-backbone-from STRIDE, drop "
-            "--cache-features, or drop --train-backbone."
-        )
+    if settings.data.cache_features and settings.model.train_backbone:
+        # Before any process starts: the trained layers must leave a cached level frozen.
+        levels = create_backbone(settings.model.backbone, pretrained=False).levels
+        stored_level(levels, settings.model.train_backbone_from)
     if settings.data.root is None:
         raise VosError("Training needs --data, the folder of the training videos (DAVIS layout).")
     train, val = split_sequences(settings.data.root, settings.data.sequences, settings.data.val_sequences)
@@ -196,8 +194,6 @@ def _build(settings: TrainSettings, device: torch.device):
     torch.manual_seed(settings.seed)  # the same initial weights on every rank
     model = create_model(settings.model.model_config(), pretrained=True)
     set_trainable_backbone(model)
-    if settings.data.cache_features and settings.model.train_backbone:
-        stored_level(model)  # the trained layers are exactly the coarse levels' (or a clear error now)
     model.to(device)
     net: nn.Module = TrainingNet(model)
     if dist.world_size() > 1:
