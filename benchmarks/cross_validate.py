@@ -17,7 +17,7 @@ so every sequence is scored by a model that never saw it.
     python benchmarks/cross_validate.py eval --set 'refiner_file=runs/cv/{fold}/refiner.pt'   # refined by it
     python benchmarks/cross_validate.py codec --crf 23 --out runs/cv-davis-h264   # the frames through H.264
     python benchmarks/cross_validate.py eval --root runs/cv-davis-h264   # scored on them (as mp4 clips are)
-    python benchmarks/cross_validate.py train --fold f1 --data runs/cv-davis-h264 --tag h264   # trained on them
+    python benchmarks/cross_validate.py train --fold f1 --recipe head-only --data runs/cv-davis-h264 --tag h264
 
 ``eval`` prints J and F per fold and over the 30 sequences (the mean over sequences, as DAVIS
 reports), for the default session settings or the ``--set`` overrides. Fold models live in
@@ -177,7 +177,7 @@ def main() -> None:
     tr.add_argument(
         "--extra", default="", help="Training options after the recipe's (the later wins), e.g. '--cache-paste 0'."
     )
-    tr.add_argument("--tag", default="", help="With --extra: train into runs/cv/FOLD-TAG[-sSEED].")
+    tr.add_argument("--tag", default="", help="With --extra or --recipe: train into runs/cv/FOLD-TAG[-sSEED].")
     tr.add_argument("--recipe", choices=sorted(RECIPES), default="shipped",
                     help="head-only: the recipe before the twentieth round (the head alone, on DAVIS's JPEGs); "
                     "needs a --tag.")  # fmt: skip
