@@ -6,13 +6,13 @@
 #   4. backbone fine-tuning runs: the cross-validation folds FOLDS and all 30 sequences, all at once
 #      on the one GPU, within WAVE_S seconds; their model files come back for scoring on the
 #      full-size frames here.
-# Everything lands in $OUT (logs, metrics, model files). STEPS, PROBE_STEPS, SHIPPED_STEPS, FOLDS, WAVE_S,
+# Everything lands in $OUT (logs, metrics, model files). STEPS, PROBE_STEPS, HEAD_ONLY_STEPS, FOLDS, WAVE_S,
 # SKIP_CHECKS, TRAIN_DEVICE (--gpus 0, or --device cpu for a dry run) and BENCH_DEVICE can be set from outside.
 set -u
 OUT=${OUT:-runs/gpu-round}
 STEPS=${STEPS:-}  # empty: from the probe's it/s and WAVE_S
 PROBE_STEPS=${PROBE_STEPS:-60}
-SHIPPED_STEPS=${SHIPPED_STEPS:-600}
+HEAD_ONLY_STEPS=${HEAD_ONLY_STEPS:-600}
 FOLDS=${FOLDS:-"f1 f2 f0 all f3 f4"}
 WAVE_S=${WAVE_S:-300}
 TRAIN_DEVICE=${TRAIN_DEVICE:-"--gpus 0"}
@@ -73,10 +73,10 @@ for flags in "" "--max-size 512"; do
 done
 
 say "3. the head-only recipe (frozen backbone, cached features)"
-timeout 90 $PY -m vosctl train --data .gpu/davis --out "$RUNS/shipped" $HEAD_ONLY_RECIPE --steps "$SHIPPED_STEPS" \
-    --val-every 0 --threads 4 $TRAIN_DEVICE >"$OUT/shipped.log" 2>&1
-tail -2 "$OUT/shipped.log"
-cp "$RUNS/shipped/metrics.jsonl" "$OUT/shipped-metrics.jsonl" 2>/dev/null
+timeout 90 $PY -m vosctl train --data .gpu/davis --out "$RUNS/head-only" $HEAD_ONLY_RECIPE --steps "$HEAD_ONLY_STEPS" \
+    --val-every 0 --threads 4 $TRAIN_DEVICE >"$OUT/head-only.log" 2>&1
+tail -2 "$OUT/head-only.log"
+cp "$RUNS/head-only/metrics.jsonl" "$OUT/head-only-metrics.jsonl" 2>/dev/null
 fi
 
 # Steps per fine-tuning run from the probe's rate. The runs share one GPU and the CPU cores, so
