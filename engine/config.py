@@ -9,12 +9,18 @@ from engine.retrieval import RetrievalConfig
 from engine.runtime import RUNTIMES
 
 REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
-# Named trades of speed for accuracy (README, Speed): settings over the defaults, under the
+# Named trades of speed for accuracy (README, Results): settings over the defaults, under the
 # caller's own options. "balanced" is the defaults themselves.
-# Both presets retrieve every cell (``interior_stride`` 1): on their grids the sparse queries of
-# the default cost CV J&F (512: 0.835 -> 0.825; 896: 0.876 -> 0.870), and at 512 retrieval is cheap.
+# "fast" runs the network and retrieval on every other frame (the frames between carry the last
+# key frame's labels along the optical flow, then are refined) at max side 640. It replaced max side
+# 512 with every cell retrieved and no gate margin: CV J&F on the H.264 copy 0.834 -> 0.841 (two
+# seeds; 20 / 8 and 18 / 12 sequences better / worse) at 17.1 -> 20.2 fps idle and 14.3 -> 15.4
+# loaded (bear, float32, 2 cores, interleaved), but small multi-object clips lose (20 crowd clips,
+# mean J per object 0.559 -> 0.542): carried frames lose small objects. README, twenty-first round.
+# "accurate" retrieves every cell (``interior_stride`` 1): at 896 the sparse queries of the default
+# cost CV J&F (0.876 -> 0.870).
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"max_size": 512, "gate_margin": 0, "interior_stride": 1},
+    "fast": {"max_size": 640, "keyframe_interval": 2},
     "balanced": {},
     "accurate": {"max_size": 896, "refine_size": 640, "interior_stride": 1},
 }
