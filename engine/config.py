@@ -15,8 +15,8 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # key frame's labels along the optical flow, then are refined) at max side 640. It replaced max side
 # 512 with every cell retrieved and no gate margin: CV J&F on the H.264 copy 0.834 -> 0.841 (two
 # seeds; 20 / 8 and 18 / 12 sequences better / worse) at 17.1 -> 20.2 fps idle and 14.3 -> 15.4
-# loaded (bear, float32, 2 cores, interleaved), but small multi-object clips lose (20 crowd clips,
-# mean J per object 0.559 -> 0.542): carried frames lose small objects. README, twenty-first round.
+# loaded (bear, float32, 2 cores, interleaved), but small multi-object clips lose (40 crowd clips,
+# mean J per object 0.541 -> 0.527): carried frames lose small objects. README, twenty-first round.
 # "accurate" retrieves every cell (``interior_stride`` 1): at 896 the sparse queries of the default
 # cost CV J&F (0.876 -> 0.870).
 PRESETS: dict[str, dict[str, object]] = {
