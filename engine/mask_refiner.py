@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.backbones import Backbone, EfficientNetLite, Normalisation, create_backbone
+from engine.backbones import EfficientNetLite, Normalisation, lite_early_layers
 from engine.bilateral_refiner import top_two_margin, uncertain_window
 from engine.errors import VosError
 from engine.factory import atomic_save, read_torch_file
@@ -107,10 +107,10 @@ class TinyEncoder(nn.Module):
 def create_encoder(name: str) -> nn.Module:
     if name == "tiny":
         return TinyEncoder().eval()
-    backbone: Backbone = create_backbone(name)
-    if not isinstance(backbone, EfficientNetLite):
-        raise VosError(f"The refiner's encoder must be an EfficientNet-Lite backbone, not '{name}'.")
-    return LiteEncoder(backbone).eval()
+    try:
+        return LiteEncoder(lite_early_layers(name)).eval()
+    except VosError as error:
+        raise VosError(f"The refiner's encoder must be an EfficientNet-Lite backbone: {error}") from error
 
 
 def _conv(cin: int, cout: int, dilation: int = 1) -> nn.Conv2d:

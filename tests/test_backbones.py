@@ -6,7 +6,7 @@ import cv2
 import pytest
 import torch
 
-from engine.backbones import backbone_names, create_backbone
+from engine.backbones import backbone_names, create_backbone, lite_early_layers
 from engine.errors import VosError
 
 from .conftest import davis_frames
@@ -131,3 +131,21 @@ def test_lite0_cut_at_stride_16_gives_lite0s_first_two_levels():
         assert torch.equal(a, b)
     with pytest.raises(VosError, match="no classifier"):
         cut.classify(image)
+
+
+def test_lite0s_early_layers_alone_are_lite0s_first_layers():
+    """The refiner's encoder is built from Lite0's stem and stride-2 and stride-4 blocks only:
+    the same weights and activations as in the whole network, and nothing beyond stride 4."""
+    full = create_backbone("efficientnet_lite0", pretrained=True)
+    early = lite_early_layers("efficientnet_lite0")
+    assert early.levels == () and max(early.layer_strides.values()) == 4 and len(early._blocks) == 3
+    own = early.state_dict()
+    assert own and all(torch.equal(v, full.state_dict()[k]) for k, v in own.items())
+    image = torch.rand(1, 3, 64, 96) * 2 - 1
+    with torch.inference_mode():
+        x, y = early._bn0(early._conv_stem(image)), full._bn0(full._conv_stem(image))
+        for a, b in zip(early._blocks, full._blocks[:3], strict=True):
+            x, y = a(x), b(y)
+    assert torch.equal(x, y)
+    with pytest.raises(VosError, match="not an EfficientNet-Lite"):
+        lite_early_layers("tiny")
