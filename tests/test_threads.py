@@ -41,6 +41,14 @@ print(seen)
     assert out.stdout.strip() == "['PASSIVE']"
 
 
+def test_the_cli_leaves_the_garbage_collector_on_and_the_libraries_frozen_out_of_it():
+    """The collector is off while the CLI's libraries load, then on again with what they made
+    frozen: a later full collection does not walk them again."""
+    code = "import gc, vosctl.cli; print(gc.isenabled(), gc.get_freeze_count() > 100_000)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True True"
+
+
 @pytest.mark.parametrize(("budget", "each"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
 def test_compute_threads_halves_the_budget(budget, each):
     assert compute_threads(budget) == each
