@@ -125,13 +125,9 @@ class Propagator:
         The gate (``prior_gate``) leaves out the cells no object can reach (plus ``gate_margin``);
         of the settled cells of the rest, one in ``interior_stride`` along each axis is retrieved,
         unless an object is lost."""
-        inside = torch.ones(grid, dtype=torch.bool, device=self.device)
-        if reach is not None and self.config.prior_gate:
-            reached = (reach > self.config.prior_floor).any(dim=1).float().reshape(1, 1, *grid)
-            m = self.config.gate_margin
-            if m > 0:  # a band beyond the prior's reach is still retrieved (and damped by the floor)
-                reached = F.max_pool2d(reached, 2 * m + 1, stride=1, padding=m)
-            inside = reached[0, 0] > 0
+        inside = self._inside(reach, grid)
+        if inside is None:
+            inside = torch.ones(grid, dtype=torch.bool, device=self.device)
         stride = self.config.interior_stride
         # A lost object may be anywhere, in what the previous frame took for settled background.
         if moved is not None and stride > 1 and not self._lost(moved).any():
@@ -142,6 +138,26 @@ class Propagator:
         if len(plan.query) == inside.numel():
             return None, None
         return plan, label
+
+    def _inside(self, reach: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor | None:
+        """(gh, gw) bool: the cells the gate lets retrieval label; None: every cell (no gate)."""
+        if reach is None or not self.config.prior_gate:
+            return None
+        reached = (reach > self.config.prior_floor).any(dim=1).float().reshape(1, 1, *grid)
+        m = self.config.gate_margin
+        if m > 0:  # a band beyond the prior's reach is still retrieved (and damped by the floor)
+            reached = F.max_pool2d(reached, 2 * m + 1, stride=1, padding=m)
+        return reached[0, 0] > 0
+
+    def query_region(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
+        """(gh, gw) bool: the cells :meth:`propagate` may query for the next key frame (given its
+        ``flow``); None: any cell."""
+        return self._inside(self._reach(self._moved_previous(grid, flow)), grid)
+
+    @property
+    def previous(self) -> torch.Tensor | None:
+        """(K + 1, gh, gw) grid probabilities of the last frame; None before the first."""
+        return self._previous
 
     def _retrieve(self, pixels: PixelSet, num_slots: int) -> torch.Tensor:
         """(M, K + 1) label probabilities of ``pixels`` (projected here) from the bank and the memory."""

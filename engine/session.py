@@ -29,6 +29,7 @@ from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
 from engine.refiners import make_refiner
+from engine.window import Box, BoxSchedule, covers
 
 __all__ = [
     "ALIGN",
@@ -50,6 +51,7 @@ class Embedded:
     position: int
     pixels: PixelSet
     small: np.ndarray  # the frame at the network's input size (its optical flow is taken there)
+    box: Box | None = None  # the part of the grid the network saw (engine.window); None: all of it
 
 
 class VideoSession:
@@ -98,6 +100,10 @@ class VideoSession:
         self.profile = profile
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None
+        # The network's box of each coming frame (engine.window). On a GPU the network is cheap
+        # and embeds frames in batches: no boxes there.
+        self.boxes = BoxSchedule(self.config, enabled=self.device.type == "cpu")
+        self.whole_again = 0  # key frames embedded again whole: their box missed a cell retrieval needed
         self.timings: dict[str, float] = defaultdict(float)
         self._timing_lock = threading.Lock()
         self._since_key: int | None = None  # frames since the last key frame; None before the first
@@ -162,11 +168,17 @@ class VideoSession:
         ``frame_index`` then), on another thread while this session propagates the frames before
         it: the network no longer waits for retrieval, nor retrieval for the network. Safe beside
         :meth:`step_batch` on one other thread; only for key frames (``keyframe_interval`` 1)."""
-        start = time.perf_counter()
         small = self.embedder.prepare(frame)
-        embedded = Embedded(position, self.embedder.embed([small], [position / TIME_HORIZON])[0], small)
+        box = self.boxes.box_for(position, wait=True)
+        start = time.perf_counter()
+        embedded = Embedded(position, self.embedder.embed([small], [position / TIME_HORIZON], box)[0], small, box)
         self.record_time("embed", start)
         return embedded
+
+    def stop_waiting(self) -> None:
+        """Let a thread in :meth:`embed_ahead` go on without waiting for its box (the thread that
+        steps the session has stopped)."""
+        self.boxes.stop_waiting()
 
     @torch.inference_mode()
     def step_batch(
@@ -194,14 +206,18 @@ class VideoSession:
         if embedded is not None:
             self._check_embedded(embedded, len(frames))
         keys = self._key_frames(masks)
+        boxes: dict[int, Box | None] = {}
         if embedded is not None:
             smalls = [item.small for item in embedded]
+            boxes = {i: embedded[i].box for i in keys}
             embedded = {i: embedded[i].pixels for i in keys}
         else:
             smalls = [self.embedder.prepare(frame) for frame in frames]
-            times = [(self.frame_index + i) / TIME_HORIZON for i in keys]
-            pixels = self.embedder.embed([smalls[i] for i in keys], times) if keys else []
-            embedded = dict(zip(keys, pixels, strict=True))
+            # With boxes (engine.window) a key frame is embedded in the loop, once its box is known.
+            batched = [] if self.boxes.enabled else keys
+            times = [(self.frame_index + i) / TIME_HORIZON for i in batched]
+            pixels = self.embedder.embed([smalls[i] for i in batched], times) if batched else []
+            embedded = dict(zip(batched, pixels, strict=True))
             start = self.record_time("embed", start)
         h, w = smalls[0].shape[:2]
         grid = (h // OUTPUT_STRIDE, w // OUTPUT_STRIDE)
@@ -209,15 +225,18 @@ class VideoSession:
         for i, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
             flow = self.propagator.motion(smalls[i], grid)
             start = self.record_time("flow", start)
+            if i in keys:
+                pixels = self._key_pixels(smalls[i], embedded.get(i), boxes.get(i), mask is not None, grid, flow)
+                start = time.perf_counter()
             if mask is not None:
                 if self.propagator.started:
-                    mask = self._merge_with_prediction(frame, embedded[i], mask, grid, flow)
+                    mask = self._merge_with_prediction(frame, pixels, mask, grid, flow)
                     start = self.record_time("retrieve", start)
-                results.append(self.propagator.reference(embedded[i], mask.astype(np.uint8), grid))
-                self.frame_index += 1
+                results.append(self.propagator.reference(pixels, mask.astype(np.uint8), grid))
+                self._frame_done()
                 continue
-            if i in embedded:
-                coarse = self.propagator.propagate(embedded[i], grid, flow)
+            if i in keys:
+                coarse = self.propagator.propagate(pixels, grid, flow)
                 start = self.record_time("retrieve", start)
             else:
                 coarse = self.propagator.carry(flow)
@@ -227,8 +246,40 @@ class VideoSession:
             start = self.record_time("upsample", start)
             results.append(self.refine(frame, full).cpu() if refine else full)
             start = time.perf_counter()
-            self.frame_index += 1
+            self._frame_done()
         return results
+
+    def _key_pixels(
+        self,
+        small: np.ndarray,
+        given: PixelSet | None,
+        box: Box | None,
+        annotated: bool,
+        grid: tuple[int, int],
+        flow: torch.Tensor | None,
+    ) -> PixelSet:
+        """The pixels of the key frame at ``frame_index``: ``given`` (embedded ahead in ``box``) or
+        embedded now, in the box decided for it (engine.window). Embedded again whole where the box
+        misses a cell retrieval may query, and for an annotated frame, whose every cell counts."""
+        position = self.frame_index
+        if given is None:
+            box = None if annotated else self.boxes.box_for(position)
+            given = self._embed(small, position, box)
+        if box is not None and (annotated or not covers(box, self.propagator.query_region(grid, flow))):
+            self.whole_again += 1
+            given = self._embed(small, position, None)
+        return given
+
+    def _embed(self, small: np.ndarray, position: int, box: Box | None) -> PixelSet:
+        start = time.perf_counter()
+        pixels = self.embedder.embed([small], [position / TIME_HORIZON], box)[0]
+        self.record_time("embed", start)
+        return pixels
+
+    def _frame_done(self) -> None:
+        """The frame at ``frame_index`` is propagated: the box of the frame two on follows from it."""
+        self.boxes.frame_done(self.frame_index, self.propagator.previous)
+        self.frame_index += 1
 
     def _merge_with_prediction(
         self, frame: np.ndarray, pixels, mask: np.ndarray, grid: tuple[int, int], flow: torch.Tensor | None

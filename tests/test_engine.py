@@ -508,12 +508,18 @@ def test_key_frames_run_the_network_on_every_nth_frame_and_carry_the_others(tiny
     frame = rng.integers(0, 255, size=(64, 96, 3), dtype=np.uint8)
     mask = np.zeros((64, 96), dtype=np.uint8)
     mask[16:40, 24:56] = 1
-    session = VideoSession(tiny_model, SessionConfig(refine="none", keyframe_interval=3, prior_flow=False))
-    embedded = []
-    real_embed = session.embedder.embed
-    session.embedder.embed = lambda images, times: embedded.append(len(images)) or real_embed(images, times)
-    outputs = session.step_batch([frame] * 7, [mask] + [None] * 6)
+    config = SessionConfig(refine="none", keyframe_interval=3, prior_flow=False)
+
+    def run(context: int) -> tuple[list[int], list[torch.Tensor]]:
+        session = VideoSession(tiny_model, config.with_overrides(embed_context=context))
+        embedded = []
+        real_embed = session.embedder.embed
+        session.embedder.embed = lambda images, *rest: embedded.append(len(images)) or real_embed(images, *rest)
+        return embedded, session.step_batch([frame] * 7, [mask] + [None] * 6)
+
+    embedded, outputs = run(0)
     assert embedded == [3]  # frames 0 (annotated), 3 and 6
+    assert run(4)[0] == [1, 1, 1]  # with boxes (engine.window): one at a time, once each box is known
     assert all(p.shape == (2, 64, 96) for p in outputs)
     # A carried frame is the last key frame's probabilities (here without flow: unchanged).
     assert torch.equal(outputs[1], outputs[2]) and torch.equal(outputs[4], outputs[5])

@@ -248,6 +248,7 @@ def segment_file(
                 # Both threads stop before the source closes: they read its frames and packets
                 # (closing the input under a decoding thread crashed the process on Ctrl-C).
                 worker.abort()
+                session.stop_waiting()  # the network's thread may be waiting for a frame's box
                 decoded.close()
                 frames_in.close()
                 raise
