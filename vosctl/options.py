@@ -91,7 +91,7 @@ PresetOption = Annotated[
     typer.Option(
         "--preset",
         help="fast: the network and retrieval on every other frame (the frames between follow the optical "
-        "flow), max side 640: 1.4x the default's speed on 2 CPU cores, cross-validation J&F 0.841 against 0.866 "
+        "flow), max side 640: 1.5x the default's speed on 2 CPU cores, cross-validation J&F 0.841 against 0.867 "
         "(frames as H.264 leaves them; small objects among several lose more); balanced: the defaults (max "
         "side 768, sparse queries in settled regions, the learned refiner then the bilateral solver, at 512); "
         "accurate: max side 896, every cell retrieved, refinement at 640, 0.6x the default's speed, J&F 0.870 "
