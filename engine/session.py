@@ -167,7 +167,10 @@ class VideoSession:
         """Embed the frame :meth:`step_batch` will see as the session's ``position``-th (its
         ``frame_index`` then), on another thread while this session propagates the frames before
         it: the network no longer waits for retrieval, nor retrieval for the network. Safe beside
-        :meth:`step_batch` on one other thread; only for key frames (``keyframe_interval`` 1)."""
+        :meth:`step_batch` on one other thread; only for key frames (``keyframe_interval`` 1).
+        With boxes (engine.window) it waits until the frame two before ``position`` is stepped, so
+        the stepping thread must not wait for this embedding before that; a stepping thread that
+        stops early calls :meth:`stop_waiting`."""
         small = self.embedder.prepare(frame)
         box = self.boxes.box_for(position, wait=True)
         start = time.perf_counter()

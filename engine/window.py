@@ -2,7 +2,7 @@
 
 Retrieval labels only the cells the temporal prior's gate lets an object reach (engine.propagation);
 every other cell is background without a query. So the network need not embed them either: it runs
-on the box around the gate's cells, widened by ``context`` cells so that the keys inside match the
+on the box around the gate's cells, widened by ``embed_context`` cells so that the keys inside match the
 whole frame's (an EfficientNet's feature at a cell depends on the image around it), and the
 network's cost falls with the box's area.
 
