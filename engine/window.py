@@ -91,6 +91,9 @@ class BoxSchedule:
         self._frames_done = 0
         self._waiting = True  # False after stop_waiting
         self._done = threading.Condition()
+        # The thread that steps the session (the one that made it, until a frame is done): it never
+        # waits for a box, which only it could decide.
+        self._stepper = threading.get_ident()
 
     def frame_done(self, position: int, probs: torch.Tensor | None) -> None:
         """Frame ``position`` is done, with (K + 1, gh, gw) grid probabilities ``probs``."""
@@ -99,16 +102,18 @@ class BoxSchedule:
                 self._boxes[position + 2] = next_box(probs, self.config)
             self._boxes.pop(position, None)
             self._frames_done = position + 1
+            self._stepper = threading.get_ident()
             self._done.notify_all()
 
     def box_for(self, position: int, *, wait: bool = False) -> Box | None:
         """Frame ``position``'s box (None: the whole frame). ``wait``: on another thread, until frame
         ``position - 2`` is done, so that the boxes are those of a session run frame by frame; after
-        :meth:`stop_waiting`, or ``WAIT`` seconds, the whole frame."""
+        :meth:`stop_waiting`, or ``WAIT`` seconds, the whole frame. The stepping thread itself does not
+        wait: a box not yet decided is the whole frame."""
         if not self.enabled or position < 2:
             return None
         with self._done:
-            if wait:
+            if wait and threading.get_ident() != self._stepper:
                 self._done.wait_for(lambda: self._frames_done >= position - 1 or not self._waiting, timeout=WAIT)
             return self._boxes.get(position)
 

@@ -4,6 +4,7 @@ reads a cell outside it."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +141,14 @@ def test_a_thread_embedding_ahead_waits_for_its_box_until_told_to_stop_waiting(t
     session.stop_waiting()
     thread.join(timeout=5)
     assert not thread.is_alive() and done[0].box is None and len(done[0].pixels) == 32 * 48
+
+
+def test_the_thread_that_steps_the_session_never_waits_for_a_box(tiny_model):
+    """Embedding ahead on the stepping thread itself, for a frame whose box is not decided yet,
+    would wait for a frame only that thread can step: it gets the whole frame at once."""
+    images, mask = clip()
+    session = VideoSession(tiny_model, BOXED)
+    session.step_batch([images[0]], [mask])
+    started = time.perf_counter()
+    far = session.embed_ahead(images[4], 4)
+    assert time.perf_counter() - started < 5 and far.box is None
