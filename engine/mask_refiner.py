@@ -107,10 +107,7 @@ class TinyEncoder(nn.Module):
 def create_encoder(name: str) -> nn.Module:
     if name == "tiny":
         return TinyEncoder().eval()
-    try:
-        return LiteEncoder(lite_early_layers(name)).eval()
-    except VosError as error:
-        raise VosError(f"The refiner's encoder must be an EfficientNet-Lite backbone: {error}") from error
+    return LiteEncoder(lite_early_layers(name)).eval()  # names the Lite backbones when ``name`` is none of them
 
 
 def _conv(cin: int, cout: int, dilation: int = 1) -> nn.Conv2d:
