@@ -17,6 +17,7 @@ from engine.interior import QueryPlan, blocks_to_redo, plan_queries, settled_cel
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank
 from engine.motion import GridFlow, warp_back
 from engine.retrieval import knn_probabilities
+from engine.window import Box, covers
 
 
 class Propagator:
@@ -95,16 +96,27 @@ class Propagator:
 
     # ---- key frames ----------------------------------------------------------------------------
     def propagate(
-        self, pixels: PixelSet, grid: tuple[int, int], flow: torch.Tensor | None, *, remember: bool = True
-    ) -> torch.Tensor:
+        self,
+        pixels: PixelSet,
+        grid: tuple[int, int],
+        flow: torch.Tensor | None,
+        *,
+        remember: bool = True,
+        box: Box | None = None,
+    ) -> torch.Tensor | None:
         """A key frame's pixels -> (K + 1, gh, gw) probabilities from the bank, the memory and the prior.
 
         ``remember=False`` keeps this frame's pixels out of the online memory (a frame about to be
-        given a mask: its prediction is what the mask corrects)."""
+        given a mask: its prediction is what the mask corrects). ``box``: ``pixels`` hold keys only
+        there (engine.window); None is returned, and nothing changes, where the gate would query a
+        cell outside it."""
         moved = self._moved_previous(grid, flow)  # (K + 1, gh, gw) or None
         reach = self._reach(moved)  # (M, K) or None
+        inside = self._inside(reach, grid)
+        if not covers(box, inside):
+            return None
         num_slots = self.registry.num_slots
-        plan, label = self._plan(moved, reach, grid)
+        plan, label = self._plan(moved, inside, grid)
         if plan is None:
             probs = self._retrieve(pixels, num_slots)
         else:
@@ -118,14 +130,13 @@ class Propagator:
         return grid_probs
 
     def _plan(
-        self, moved: torch.Tensor | None, reach: torch.Tensor | None, grid: tuple[int, int]
+        self, moved: torch.Tensor | None, inside: torch.Tensor | None, grid: tuple[int, int]
     ) -> tuple[QueryPlan | None, torch.Tensor | None]:
         """Which cells retrieval labels (engine.interior), and the moved labels; (None, None): every cell.
 
         The gate (``prior_gate``) leaves out the cells no object can reach (plus ``gate_margin``);
         of the settled cells of the rest, one in ``interior_stride`` along each axis is retrieved,
-        unless an object is lost."""
-        inside = self._inside(reach, grid)
+        unless an object is lost. ``inside``: the gate's cells (:meth:`_inside`)."""
         if inside is None:
             inside = torch.ones(grid, dtype=torch.bool, device=self.device)
         stride = self.config.interior_stride
@@ -148,11 +159,6 @@ class Propagator:
         if m > 0:  # a band beyond the prior's reach is still retrieved (and damped by the floor)
             reached = F.max_pool2d(reached, 2 * m + 1, stride=1, padding=m)
         return reached[0, 0] > 0
-
-    def query_region(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
-        """(gh, gw) bool: the cells :meth:`propagate` may query for the next key frame (given its
-        ``flow``); None: any cell."""
-        return self._inside(self._reach(self._moved_previous(grid, flow)), grid)
 
     @property
     def previous(self) -> torch.Tensor | None:

@@ -29,7 +29,7 @@ from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
 from engine.refiners import make_refiner
-from engine.window import Box, BoxSchedule, covers
+from engine.window import Box, BoxSchedule
 
 __all__ = [
     "ALIGN",
@@ -229,7 +229,7 @@ class VideoSession:
             flow = self.propagator.motion(smalls[i], grid)
             start = self.record_time("flow", start)
             if i in keys:
-                pixels = self._key_pixels(smalls[i], embedded.get(i), boxes.get(i), mask is not None, grid, flow)
+                pixels, box = self._key_pixels(smalls[i], embedded.get(i), boxes.get(i), mask is not None)
                 start = time.perf_counter()
             if mask is not None:
                 if self.propagator.started:
@@ -239,7 +239,12 @@ class VideoSession:
                 self._frame_done()
                 continue
             if i in keys:
-                coarse = self.propagator.propagate(pixels, grid, flow)
+                coarse = self.propagator.propagate(pixels, grid, flow, box=box)
+                if coarse is None:  # the box misses a cell the gate lets retrieval query
+                    self.whole_again += 1
+                    pixels = self._embed(smalls[i], self.frame_index, None)
+                    start = time.perf_counter()
+                    coarse = self.propagator.propagate(pixels, grid, flow)
                 start = self.record_time("retrieve", start)
             else:
                 coarse = self.propagator.carry(flow)
@@ -253,25 +258,20 @@ class VideoSession:
         return results
 
     def _key_pixels(
-        self,
-        small: np.ndarray,
-        given: PixelSet | None,
-        box: Box | None,
-        annotated: bool,
-        grid: tuple[int, int],
-        flow: torch.Tensor | None,
-    ) -> PixelSet:
-        """The pixels of the key frame at ``frame_index``: ``given`` (embedded ahead in ``box``) or
-        embedded now, in the box decided for it (engine.window). Embedded again whole where the box
-        misses a cell retrieval may query, and for an annotated frame, whose every cell counts."""
+        self, small: np.ndarray, given: PixelSet | None, box: Box | None, annotated: bool
+    ) -> tuple[PixelSet, Box | None]:
+        """The pixels of the key frame at ``frame_index`` and the box they hold keys in (None: all):
+        ``given`` (embedded ahead in ``box``) or embedded now, in the box decided for it
+        (engine.window). An annotated frame, whose every cell counts, is embedded again whole;
+        :meth:`step_batch` does the same for a box that misses a cell retrieval queries."""
         position = self.frame_index
         if given is None:
             box = None if annotated else self.boxes.box_for(position)
             given = self._embed(small, position, box)
-        if box is not None and (annotated or not covers(box, self.propagator.query_region(grid, flow))):
+        if box is not None and annotated:
             self.whole_again += 1
-            given = self._embed(small, position, None)
-        return given
+            return self._embed(small, position, None), None
+        return given, box
 
     def _embed(self, small: np.ndarray, position: int, box: Box | None) -> PixelSet:
         start = time.perf_counter()

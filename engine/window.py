@@ -10,9 +10,9 @@ The box of frame ``t`` is decided when frame ``t - 2`` is done (:func:`next_box`
 network, which embeds a frame ahead of retrieval on a thread of its own (vosctl.pipeline), can use
 it, and a session run frame by frame (``vosctl eval``) decides exactly the same boxes: the objects
 of frame ``t - 2``, widened by two frames of the prior's reach (``2 * prior_radius``) and the gate's
-margin, plus the context. Before retrieving frame ``t``, the session checks that the gate's cells
+margin, plus the context. Before retrieving frame ``t``, propagation checks that the gate's cells
 (moved along the flow) lie inside it (:func:`covers`); where they do not (an object that moved more
-than the reach in two frames, an object lost), the whole frame is embedded again.
+than the reach in two frames, an object lost), the session embeds the whole frame again.
 """
 
 from __future__ import annotations
