@@ -82,19 +82,20 @@ class FrameEmbedder:
         """``images`` from :meth:`prepare`, all of one size; ``times`` their normalised t. With a
         ``box`` (engine.window; one image) the network sees only the box and every cell outside it
         gets a zero key, which retrieval must not query."""
-        batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
-        _, _, h, w = batch.shape
+        h, w = images[0].shape[:2]
         gh, gw = h // OUTPUT_STRIDE, w // OUTPUT_STRIDE
         coords = torch.stack([coordinate_grid(gh, gw, t, device=self.device) for t in times])
         if box is not None:
             if len(images) != 1:
                 raise VosError("A box is for one image at a time.")
             rows, cols = box.pixels()
-            inner = self._network(batch[:, :, rows, cols], coords[:, :, box.y0 : box.y1, box.x0 : box.x1])
+            crop = torch.from_numpy(images[0][None, rows, cols]).to(self.device).permute(0, 3, 1, 2).float()
+            inner = self._network(crop, coords[:, :, box.y0 : box.y1, box.x0 : box.x1])
             emb = inner.new_zeros(1, gh, gw, inner.shape[1])  # one row per cell, as the keys are used
             emb[:, box.y0 : box.y1, box.x0 : box.x1] = inner.permute(0, 2, 3, 1)
             keys = emb.reshape(1, gh * gw, -1).to(self.dtype or torch.float32)
             return [PixelSet(keys[0], coords[0].reshape(3, -1).T, torch.empty(0, dtype=torch.long, device=self.device))]
+        batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
         emb = self._network(batch, coords)  # (B, D, gh, gw)
         # (gh * gw, D) views, not copies: a copy that puts each cell's key in one row costs 2.9 ms a
         # frame at 768x416 (600 dimensions), and retrieval gathers only the rows it needs (0.4 ms).
