@@ -209,12 +209,16 @@ class Propagator:
         dim = self.config.project_dim
         if not dim or dim >= keys.shape[1]:
             return
-        k = keys.double()
-        self._gram = k.T @ k if self._gram is None else self._gram + k.T @ k
+        # Each frame's product in float32, summed in float64; the eigenvectors in float32. On the
+        # first frame of bear (4,992 x 600 keys, one core) 85 -> 46 ms, and a run's first output
+        # waits for it; dot products of keys projected either way differ by at most 5e-6.
+        k = keys.float()
+        gram = (k.T @ k).double()
+        self._gram = gram if self._gram is None else self._gram + gram
         self._gram_pixels += len(keys)
         if self._gram_pixels < dim:
             return
-        _, vectors = torch.linalg.eigh(self._gram)  # ascending eigenvalues
+        _, vectors = torch.linalg.eigh(self._gram.float())  # ascending eigenvalues
         self._projection = vectors[:, -dim:].flip(1).to(keys.dtype).contiguous()
         self._projected = None
 

@@ -103,3 +103,27 @@ def test_an_object_given_later_refits_the_projection_and_keeps_its_directions():
     assert kept(before) < 0.1 and kept(after) > 0.8
     labels = propagator.propagate(_frame(rng, {1: 1, 2: 5})[0], (8, 8), None).argmax(0)
     assert (labels.numpy() == mask).mean() > 0.9
+
+
+def test_projection_fitted_in_float32_spans_the_principal_directions():
+    """The fit sums k k^T in float32 and takes its eigenvectors in float32 (a quicker first frame):
+    dot products of keys projected onto them match those onto float64 principal directions."""
+    rng = np.random.default_rng(0)
+    scales = np.geomspace(10.0, 0.01, 48)  # a spectrum falling over three decades, as real keys' does
+    keys = torch.from_numpy((rng.standard_normal((3000, 48)) * scales) @ np.linalg.qr(rng.standard_normal((48, 48)))[0])
+    keys = torch.nn.functional.normalize(keys, dim=1).float()
+    propagator = Propagator(SessionConfig(project_dim=16), torch.device("cpu"))
+    propagator._fit_projection(keys)
+    exact = torch.linalg.eigh(keys.double().T @ keys.double())[1][:, -16:]
+    projection = propagator._projection
+    assert projection.dtype == torch.float32 and projection.shape == (48, 16)
+    sample = keys[::10].double()
+    fitted = (sample @ projection.double()) @ (sample @ projection.double()).T
+    reference = (sample @ exact) @ (sample @ exact).T
+    assert (fitted - reference).abs().max() < 1e-4
+    # a second introducing frame adds to the sum: the fit is that of both frames' keys together
+    more = torch.nn.functional.normalize(torch.randn(500, 48), dim=1)
+    propagator._fit_projection(more)
+    both = torch.cat([keys, more]).double()
+    exact = torch.linalg.eigh(both.T @ both)[1][:, -16:]
+    assert torch.linalg.svdvals(exact.T @ propagator._projection.double()).min() > 0.999
