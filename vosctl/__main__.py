@@ -1,4 +1,4 @@
-from vosctl.cli import app
+from vosctl.cli import run
 
 if __name__ == "__main__":
-    app(prog_name="vosctl")
+    run()

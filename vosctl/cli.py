@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
+import os
+import sys
+import threading
 
 from vosctl.threads import configure_threads
 
@@ -41,3 +45,23 @@ app.command("train-refiner")(train_refiner)
 def main() -> None:
     """Segment videos (`segment`, `batch` for whole folders), score on DAVIS (`eval`), train (`train`,
     `train-refiner`)."""
+
+
+def run() -> None:
+    """``vosctl`` as a program (the console script, ``python -m vosctl``): the app, then, after a
+    command that succeeded, an exit that skips tearing the interpreter down. Freeing what torch,
+    OpenVINO and the other libraries made took 0.16-0.25 s at the end of every run (2-core EPYC),
+    after the outputs were written. By then every output is closed and in place; Python's exit
+    handlers still run and the standard streams are flushed. A failure, or a thread still running,
+    exits the usual way."""
+    try:
+        app(prog_name="vosctl")
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(0)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
