@@ -10,19 +10,20 @@ from engine.runtime import RUNTIMES
 
 REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # Named trades of speed for accuracy (README, Results): settings over the defaults, under the
-# caller's own options. "balanced" is the defaults themselves.
-# "fast" runs the network and retrieval on every other frame (the frames between carry the last
-# key frame's labels along the optical flow, then are refined) at max side 640. It replaced max side
+# caller's own options. "balanced" is the defaults themselves: a frame is carried along the flow
+# only where the objects move little (``carry_motion``), at most every other frame.
+# "fast" runs the network and retrieval on every other frame whatever the motion (the frames between
+# carry the last key frame's labels along the optical flow, then are refined) at max side 640. It replaced max side
 # 512 with every cell retrieved and no gate margin: CV J&F on the H.264 copy 0.834 -> 0.841 (two
 # seeds; 20 / 8 and 18 / 12 sequences better / worse) at 17.1 -> 20.2 fps idle and 14.3 -> 15.4
 # loaded (bear, float32, 2 cores, interleaved), but small multi-object clips lose (40 crowd clips,
 # mean J per object 0.541 -> 0.527): carried frames lose small objects. README, twenty-first round.
 # "accurate" retrieves every cell (``interior_stride`` 1): at 896 the sparse queries of the default
-# cost CV J&F (0.876 -> 0.870).
+# cost CV J&F (0.876 -> 0.870); and the network sees every frame.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"max_size": 640, "keyframe_interval": 2},
+    "fast": {"max_size": 640, "keyframe_interval": 2, "carry_motion": 0.0},
     "balanced": {},
-    "accurate": {"max_size": 896, "refine_size": 640, "interior_stride": 1},
+    "accurate": {"max_size": 896, "refine_size": 640, "interior_stride": 1, "keyframe_interval": 1},
 }
 ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
 
@@ -140,9 +141,18 @@ class SessionConfig:
     # object held open to all. No effect with a single object.
     identity_power: float = 1.0
     identity_floor: float = 0.05
-    # Run the network and retrieval on every n-th frame only (1: every frame); the frames between
-    # take the last key frame's probabilities moved along the optical flow, then refined.
-    keyframe_interval: int = 1
+    # Run the network and retrieval on every n-th frame at least (1: every frame); the frames
+    # between take the last key frame's probabilities moved along the optical flow, then refined.
+    keyframe_interval: int = 2
+    # With ``keyframe_interval`` above 1, a frame is carried only where the objects moved at most
+    # this many grid cells two frames before (engine.window: the 90th percentile of the flow's
+    # length over their cells; decided two frames ahead, as the box is); 0: the interval alone
+    # decides, every n-th frame. On a CPU; on a GPU every frame is seen. Five-fold cross-validation
+    # on the H.264 copy, J&F against every frame seen, seeds 0 / 1 / 2: -0.05 / -0.13 / -0.02 with
+    # 17.7% of the frames carried (0.7 cells: +0.13 / -0.79 / -0.11, 24%); the 30 training
+    # sequences as mp4 through `vosctl segment`, float32, 2 cores: 14.1 -> 15.2 fps (bear +29%,
+    # fast-moving ones unchanged). README, twenty-third round.
+    carry_motion: float = 0.5
     # On a CPU the network sees only the box around the cells the gate can reach (decided two frames
     # ahead: the objects grown by two reaches and the margin), widened by ``embed_context`` cells of
     # context (engine.window); a key frame whose box misses a cell retrieval needs is embedded again
@@ -175,6 +185,8 @@ class SessionConfig:
             raise VosError("The interior stride must be at least 1, its level in [0, 1] and its band zero or more.")
         if self.keyframe_interval < 1:
             raise VosError("The key-frame interval must be at least 1.")
+        if self.carry_motion < 0:
+            raise VosError("The motion a carried frame allows must be zero or more cells.")
         if self.embed_context < 0:
             raise VosError("The embedding's context must be zero or more cells.")
 

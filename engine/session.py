@@ -29,7 +29,7 @@ from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
 from engine.refiners import make_refiner
-from engine.window import Box, BoxSchedule
+from engine.window import Box, FrameSchedule
 
 __all__ = [
     "ALIGN",
@@ -49,7 +49,7 @@ class Embedded:
     """A frame embedded ahead (:meth:`VideoSession.embed_ahead`) for the session's frame ``position``."""
 
     position: int
-    pixels: PixelSet
+    pixels: PixelSet | None  # None: a frame the schedule carries (engine.window)
     small: np.ndarray  # the frame at the network's input size (its optical flow is taken there)
     box: Box | None = None  # the part of the grid the network saw (engine.window); None: all of it
 
@@ -100,13 +100,13 @@ class VideoSession:
         self.profile = profile
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None
-        # The network's box of each coming frame (engine.window). On a GPU the network is cheap
-        # and embeds frames in batches: no boxes there.
-        self.boxes = BoxSchedule(self.config, enabled=self.device.type == "cpu")
+        # What the network sees of each coming frame (engine.window): whether it sees the frame,
+        # and the box. On a GPU the network is cheap and embeds frames in batches: every frame, whole.
+        self.schedule = FrameSchedule(self.config, enabled=self.device.type == "cpu")
         self.whole_again = 0  # key frames embedded again whole: their box missed a cell retrieval needed
+        self.carried = 0  # frames carried along the flow, not seen by the network
         self.timings: dict[str, float] = defaultdict(float)
         self._timing_lock = threading.Lock()
-        self._since_key: int | None = None  # frames since the last key frame; None before the first
 
     @property
     def registry(self):
@@ -167,21 +167,30 @@ class VideoSession:
         """Embed the frame :meth:`step_batch` will see as the session's ``position``-th (its
         ``frame_index`` then), on another thread while this session propagates the frames before
         it: the network no longer waits for retrieval, nor retrieval for the network. Safe beside
-        :meth:`step_batch` on one other thread; only for key frames (``keyframe_interval`` 1).
-        With boxes (engine.window) it waits until the frame two before ``position`` is stepped, so
-        the stepping thread must not wait for this embedding before that; a stepping thread that
-        stops early calls :meth:`stop_waiting`."""
+        :meth:`step_batch` on one other thread; only where the schedule decides which frames the
+        network sees (:meth:`embeds_ahead`). With a schedule (engine.window) it waits until the frame
+        two before ``position`` is stepped, so the stepping thread must not wait for this embedding
+        before that; a stepping thread that stops early calls :meth:`stop_waiting`. A frame the plan
+        carries is not embedded (``pixels`` None)."""
         small = self.embedder.prepare(frame)
-        box = self.boxes.box_for(position, wait=True)
+        plan = self.schedule.plan_for(position, wait=True)
+        if not plan.key:
+            return Embedded(position, None, small)
         start = time.perf_counter()
-        embedded = Embedded(position, self.embedder.embed([small], [position / TIME_HORIZON], box)[0], small, box)
+        pixels = self.embedder.embed([small], [position / TIME_HORIZON], plan.box)[0]
         self.record_time("embed", start)
-        return embedded
+        return Embedded(position, pixels, small, plan.box)
+
+    @property
+    def embeds_ahead(self) -> bool:
+        """Whether :meth:`embed_ahead` may embed this session's frames: every frame is a key frame,
+        or the schedule decides which are (``carry_motion``); not with a fixed key-frame interval."""
+        return self.config.keyframe_interval == 1 or self.config.carry_motion > 0
 
     def stop_waiting(self) -> None:
         """Let a thread in :meth:`embed_ahead` go on without waiting for its box (the thread that
         steps the session has stopped)."""
-        self.boxes.stop_waiting()
+        self.schedule.stop_waiting()
 
     @torch.inference_mode()
     def step_batch(
@@ -208,16 +217,17 @@ class VideoSession:
             self._check(frame, mask, self.frame_index + offset)
         if embedded is not None:
             self._check_embedded(embedded, len(frames))
-        keys = self._key_frames(masks)
+        keys = self.schedule.batch_keys(self.frame_index, [mask is not None for mask in masks])
         boxes: dict[int, Box | None] = {}
         if embedded is not None:
             smalls = [item.small for item in embedded]
-            boxes = {i: embedded[i].box for i in keys}
-            embedded = {i: embedded[i].pixels for i in keys}
+            seen = [i for i, item in enumerate(embedded) if item.pixels is not None]
+            boxes = {i: embedded[i].box for i in seen}
+            embedded = {i: embedded[i].pixels for i in seen}
         else:
             smalls = [self.embedder.prepare(frame) for frame in frames]
-            # With boxes (engine.window) a key frame is embedded in the loop, once its box is known.
-            batched = [] if self.boxes.enabled else keys
+            # With a schedule (engine.window) a key frame is embedded in the loop, once its plan is known.
+            batched = [] if self.schedule.enabled else keys
             times = [(self.frame_index + i) / TIME_HORIZON for i in batched]
             pixels = self.embedder.embed([smalls[i] for i in batched], times) if batched else []
             embedded = dict(zip(batched, pixels, strict=True))
@@ -228,7 +238,8 @@ class VideoSession:
         for i, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
             flow = self.propagator.motion(smalls[i], grid)
             start = self.record_time("flow", start)
-            if i in keys:
+            key = self.schedule.sees(self.frame_index, mask is not None, i in keys)
+            if key:
                 pixels, box = self._key_pixels(smalls[i], embedded.get(i), boxes.get(i), mask is not None)
                 start = time.perf_counter()
             if mask is not None:
@@ -236,9 +247,9 @@ class VideoSession:
                     mask = self._merge_with_prediction(frame, pixels, mask, grid, flow)
                     start = self.record_time("retrieve", start)
                 results.append(self.propagator.reference(pixels, mask.astype(np.uint8), grid))
-                self._frame_done()
+                self._frame_done(flow)
                 continue
-            if i in keys:
+            if key:
                 coarse = self.propagator.propagate(pixels, grid, flow, box=box)
                 if coarse is None:  # the box misses a cell the gate lets retrieval query
                     self.whole_again += 1
@@ -248,13 +259,14 @@ class VideoSession:
                 start = self.record_time("retrieve", start)
             else:
                 coarse = self.propagator.carry(flow)
+                self.carried += 1
                 start = self.record_time("carry", start)
             full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
             full = self._for_refiner(full.float())
             start = self.record_time("upsample", start)
             results.append(self.refine(frame, full).cpu() if refine else full)
             start = time.perf_counter()
-            self._frame_done()
+            self._frame_done(flow)
         return results
 
     def _key_pixels(
@@ -266,7 +278,7 @@ class VideoSession:
         :meth:`step_batch` does the same for a box that misses a cell retrieval queries."""
         position = self.frame_index
         if given is None:
-            box = None if annotated else self.boxes.box_for(position)
+            box = None if annotated else self.schedule.plan_for(position).box
             given = self._embed(small, position, box)
         if box is not None and annotated:
             self.whole_again += 1
@@ -279,9 +291,10 @@ class VideoSession:
         self.record_time("embed", start)
         return pixels
 
-    def _frame_done(self) -> None:
-        """The frame at ``frame_index`` is propagated: the box of the frame two on follows from it."""
-        self.boxes.frame_done(self.frame_index, self.propagator.previous)
+    def _frame_done(self, flow: torch.Tensor | None) -> None:
+        """The frame at ``frame_index`` is propagated (``flow``: the optical flow into it): the plan
+        of the frame two on follows from it."""
+        self.schedule.frame_done(self.frame_index, self.propagator.previous, flow)
         self.frame_index += 1
 
     def _merge_with_prediction(
@@ -296,27 +309,15 @@ class VideoSession:
 
     def _check_embedded(self, embedded: Sequence[Embedded], count: int) -> None:
         """Embeddings given to :meth:`step_batch`: one per frame, each for the frame's own position
-        (its time enters the embedding), and only where every frame is a key frame."""
-        if self.config.keyframe_interval != 1:
-            raise VosError("Frames embedded ahead need a key frame on every frame (keyframe_interval 1).")
+        (its time enters the embedding), and only where the schedule decides the key frames."""
+        if not self.embeds_ahead:
+            raise VosError("Frames embedded ahead need keyframe_interval 1, or frames carried by carry_motion.")
         if len(embedded) != count:
             raise VosError("step_batch needs one embedding per frame.")
         for offset, item in enumerate(embedded):
             if item.position != self.frame_index + offset:
                 expected = self.frame_index + offset
                 raise VosError(f"An embedding for frame {item.position} was given for frame {expected}.")
-
-    def _key_frames(self, masks: Sequence[np.ndarray | None]) -> list[int]:
-        """Positions in this batch of the frames the network sees: annotated frames and every
-        ``keyframe_interval``-th frame after the last key frame."""
-        keys = []
-        for i, mask in enumerate(masks):
-            if mask is not None or self._since_key is None or self._since_key + 1 >= self.config.keyframe_interval:
-                keys.append(i)
-                self._since_key = 0
-            else:
-                self._since_key += 1
-        return keys
 
     def _for_refiner(self, probs: torch.Tensor) -> torch.Tensor:
         """Probabilities where the refiner works: the device for the torch solver, else the CPU."""

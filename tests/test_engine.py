@@ -508,7 +508,7 @@ def test_key_frames_run_the_network_on_every_nth_frame_and_carry_the_others(tiny
     frame = rng.integers(0, 255, size=(64, 96, 3), dtype=np.uint8)
     mask = np.zeros((64, 96), dtype=np.uint8)
     mask[16:40, 24:56] = 1
-    config = SessionConfig(refine="none", keyframe_interval=3, prior_flow=False)
+    config = SessionConfig(refine="none", keyframe_interval=3, carry_motion=0.0, prior_flow=False)
 
     def run(context: int) -> tuple[list[int], list[torch.Tensor]]:
         session = VideoSession(tiny_model, config.with_overrides(embed_context=context))
@@ -585,7 +585,7 @@ def test_gate_margin_retrieves_a_band_beyond_the_priors_reach(tiny_model):
 
 def test_frames_embedded_ahead_segment_as_frames_embedded_in_step(tiny_model):
     """The CLI embeds each frame on a thread of its own (``embed_ahead``): the same masks, a frame
-    given a mask midway included; an embedding for another frame, or with key frames, is refused."""
+    given a mask midway included; an embedding for another frame, or with a fixed key-frame interval, is refused."""
     rng = np.random.default_rng(5)
     frames = [rng.integers(0, 255, size=(64, 96, 3), dtype=np.uint8) for _ in range(5)]
     mask = np.zeros((64, 96), dtype=np.uint8)
@@ -604,6 +604,6 @@ def test_frames_embedded_ahead_segment_as_frames_embedded_in_step(tiny_model):
     with pytest.raises(VosError, match="frame 9"):
         ahead.step_batch([frames[0]], embedded=[wrong])
     assert ahead.frame_index == 5  # refused before anything changed
-    keyed = VideoSession(tiny_model, config.with_overrides(keyframe_interval=2))
-    with pytest.raises(VosError, match="key frame"):
+    keyed = VideoSession(tiny_model, config.with_overrides(keyframe_interval=2, carry_motion=0.0))
+    with pytest.raises(VosError, match="keyframe_interval 1"):
         keyed.step_batch([frames[0]], [mask], embedded=[keyed.embed_ahead(frames[0], 0)])

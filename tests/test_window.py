@@ -17,7 +17,7 @@ from engine.model import coordinate_grid
 from engine.session import SessionConfig, VideoSession
 from engine.window import Box, covers, next_box
 
-BOXED = SessionConfig(embed_context=2, refine="none", runtime="torch", half=False, min_size=0)
+BOXED = SessionConfig(embed_context=2, refine="none", runtime="torch", half=False, min_size=0, keyframe_interval=1)
 
 
 def grid_probs(objects: list[tuple[slice, slice]], grid=(32, 48), level: float = 1.0) -> torch.Tensor:
@@ -152,3 +152,100 @@ def test_the_thread_that_steps_the_session_never_waits_for_a_box(tiny_model):
     started = time.perf_counter()
     far = session.embed_ahead(images[4], 4)
     assert time.perf_counter() - started < 5 and far.box is None
+
+
+def flow_of(length: float, grid=(32, 48)) -> torch.Tensor:
+    """(gh, gw, 2) backward flow of ``length`` cells, along x."""
+    flow = torch.zeros(*grid, 2)
+    flow[..., 0] = length
+    return flow
+
+
+def test_motion_is_a_high_percentile_of_the_flow_over_the_objects_cells():
+    probs = grid_probs([(slice(10, 20), slice(10, 20))])
+    flow = flow_of(0.0)
+    flow[10:20, 10:20, 1] = torch.linspace(0, 3, 100).reshape(10, 10)
+    flow[0:5, 0:5, 0] = 50.0  # the background's motion does not count
+    assert window_module.motion(flow, probs) == pytest.approx(float(torch.quantile(torch.linspace(0, 3, 100), 0.9)))
+    assert window_module.motion(None, probs) is None
+    assert window_module.motion(flow, grid_probs([])) is None
+
+
+CARRYING = BOXED.with_overrides(keyframe_interval=2, carry_motion=1.0)
+
+
+def plans(config: SessionConfig, moves: list[float | None], *, enabled: bool = True) -> list[bool]:
+    """Whether the network sees frames 0, 1, ... when the objects move ``moves[p]`` cells into frame p."""
+    schedule = window_module.FrameSchedule(config, enabled=enabled)
+    probs = grid_probs([(slice(10, 14), slice(20, 26))])
+    keys = []
+    for position, moved in enumerate(moves):
+        keys.append(schedule.plan_for(position).key)
+        schedule.frame_done(position, probs, None if moved is None else flow_of(moved))
+    return keys
+
+
+def test_a_frame_is_carried_only_where_the_objects_moved_little_two_frames_before_and_never_twice_in_a_row():
+    slow = [None] + [0.5] * 9
+    assert plans(CARRYING, slow) == [True, True, True, False, True, False, True, False, True, False]
+    fast = [None] + [2.0] * 9
+    assert plans(CARRYING, fast) == [True] * 10
+    # frame 5 is planned when frame 3 is done: its fast motion makes frame 5 a key frame
+    mixed = [None, 0.5, 0.5, 2.0, 0.5, 0.5, 0.5]
+    assert plans(CARRYING, mixed) == [True, True, True, False, True, True, False]
+    # an interval of three carries up to two frames in a row
+    assert plans(CARRYING.with_overrides(keyframe_interval=3), slow)[:7] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+    # off: the motion rule at 0, an interval of 1, or no schedule (a GPU)
+    for config, enabled in (
+        (CARRYING.with_overrides(carry_motion=0.0), True),
+        (CARRYING.with_overrides(keyframe_interval=1), True),
+        (CARRYING, False),
+    ):
+        assert plans(config, slow, enabled=enabled) == [True] * 10
+    with pytest.raises(VosError, match="motion"):
+        SessionConfig(carry_motion=-1.0)
+
+
+def test_frames_carried_ahead_are_not_embedded_and_give_the_probabilities_of_a_session_run_frame_by_frame(
+    tiny_model, monkeypatch
+):
+    """The CLI's network thread skips the frames the schedule carries; the probabilities are those
+    of a session stepped frame by frame, which carries the same frames. A frame given a mask is
+    seen, carried by its plan or not."""
+    images, mask = clip(8)
+    later = np.zeros_like(mask)
+    later[150:200, 200:260] = 2
+    masks = [mask, None, None, None, None, later, None, None]
+    calls = []
+    real = FrameEmbedder._network
+
+    def network(self, batch, coords):
+        calls.append(1)
+        return real(self, batch, coords)
+
+    monkeypatch.setattr(FrameEmbedder, "_network", network)
+    config = CARRYING.with_overrides(carry_motion=2.0)  # the square moves half a cell a frame
+    inline, ahead = VideoSession(tiny_model, config), VideoSession(tiny_model, config)
+    carried_ahead = 0
+    for i, (image, given) in enumerate(zip(images, masks, strict=True)):
+        expected = inline.step_batch([image], [given])[0]
+        before = len(calls)
+        item = ahead.embed_ahead(image, i)
+        carried_ahead += item.pixels is None
+        assert (len(calls) == before) == (item.pixels is None)
+        assert torch.equal(ahead.step_batch([image], [given], embedded=[item])[0], expected)
+    assert inline.carried == ahead.carried == 2  # frames 3 and 7; frame 5, planned so, has a mask
+    assert carried_ahead == 3  # the network's thread does not know of frame 5's mask: the step embeds it
+    assert (inline.to_ids(expected) == 2).any()
+    never = VideoSession(tiny_model, config.with_overrides(carry_motion=0.01))
+    for i, image in enumerate(images):
+        never.step_batch([image], [mask if i == 0 else None])
+    assert never.carried == 0

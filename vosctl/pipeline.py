@@ -193,10 +193,10 @@ def segment_file(
                 store = FrameStore()
             frames_seen = 0
             decoded = frames_in = Prefetch(source.items(), size=max(8, 2 * batch))
-            # The network on a thread of its own, a frame ahead of retrieval (single frames on the
-            # CPU, every frame a key frame): README, fourteenth round.
+            # The network on a thread of its own, a frame ahead of retrieval (single frames, every
+            # frame a key frame or the frames the schedule carries skipped): README, fourteenth round.
             embedded: dict[int, Embedded] = {}
-            ahead = encode_thread and batch == 1 and config.keyframe_interval == 1 and passes.forward_from is not None
+            ahead = encode_thread and batch == 1 and session.embeds_ahead and passes.forward_from is not None
             if ahead:
                 frames = embed_ahead(frames_in, session, passes.forward_from, embedded)
                 decoded = Prefetch(frames, size=2, name="vosctl-embed")
