@@ -188,7 +188,7 @@ class VideoSession:
         return self.config.keyframe_interval == 1 or self.config.carry_motion > 0
 
     def stop_waiting(self) -> None:
-        """Let a thread in :meth:`embed_ahead` go on without waiting for its box (the thread that
+        """Let a thread in :meth:`embed_ahead` go on without waiting for its plan (the thread that
         steps the session has stopped)."""
         self.schedule.stop_waiting()
 

@@ -117,9 +117,9 @@ class FrameSchedule:
 
     def __init__(self, config: SessionConfig, *, enabled: bool = True) -> None:
         self.config = config
-        self.boxes = enabled and bool(config.embed_context)
-        self.carrying = enabled and config.keyframe_interval > 1 and config.carry_motion > 0
-        self.enabled = self.boxes or self.carrying
+        self.boxed = enabled and bool(config.embed_context)  # the network sees a box of the frame
+        self.carrying = enabled and config.keyframe_interval > 1 and config.carry_motion > 0  # frames carried by motion
+        self.enabled = self.boxed or self.carrying
         self._plans: dict[int, FramePlan] = {}
         self._since_key: int | None = None  # the fixed interval's frames since the last key frame
         self._frames_done = 0
@@ -159,7 +159,7 @@ class FrameSchedule:
         with self._done:
             if self.enabled and probs is not None:
                 key = self._key(position + 2, probs, flow)
-                box = next_box(probs, self.config) if self.boxes and key else None
+                box = next_box(probs, self.config) if self.boxed and key else None
                 self._plans[position + 2] = FramePlan(key, box)
             # The plans of the frames just before the next to decide tell how many in a row were carried.
             self._plans.pop(position + 2 - max(2, self.config.keyframe_interval), None)

@@ -310,15 +310,18 @@ def test_session_config_starts_from_the_models_settings_then_overrides(tiny_mode
 
 
 def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_model):
-    """``--preset fast``: key frames every other frame at max side 640 over the model's own settings;
-    an option given beside it wins; ``balanced`` is the defaults; an unknown name is refused."""
+    """``--preset fast``: key frames every other frame whatever the motion at max side 640 over the
+    model's own settings; an option given beside it wins; ``balanced`` is the defaults (frames
+    carried where the objects move little); ``accurate`` sees every frame; an unknown name is refused."""
     model = create_model(ModelConfig(backbone="tiny", inference={"k": 3, "max_size": 256}), pretrained=False)
     fast = session_config_for(model, preset="fast")
-    assert fast.keyframe_interval == 2 and fast.max_size == 640 and fast.retrieval.k == 3
+    assert fast.keyframe_interval == 2 and fast.carry_motion == 0 and fast.max_size == 640 and fast.retrieval.k == 3
     assert session_config_for(model, preset="fast", max_size=512).max_size == 512
-    assert session_config_for(model, preset="balanced") == session_config_for(model)
+    balanced = session_config_for(model, preset="balanced")
+    assert balanced == session_config_for(model) and balanced.keyframe_interval == 2 and balanced.carry_motion == 0.5
     accurate = session_config_for(model, preset="accurate")
     assert accurate.max_size == 896 and accurate.refine_size == 640 and accurate.interior_stride == 1
+    assert accurate.keyframe_interval == 1
     with pytest.raises(VosError, match="preset"):
         session_config_for(model, preset="fastest")
 
