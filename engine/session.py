@@ -217,7 +217,7 @@ class VideoSession:
             self._check(frame, mask, self.frame_index + offset)
         if embedded is not None:
             self._check_embedded(embedded, len(frames))
-        keys = self.schedule.batch_keys(self.frame_index, [mask is not None for mask in masks])
+        keys = self.schedule.batch_keys([mask is not None for mask in masks])
         boxes: dict[int, Box | None] = {}
         if embedded is not None:
             smalls = [item.small for item in embedded]

@@ -129,13 +129,13 @@ class FrameSchedule:
         # waits for a plan, which only it could decide.
         self._stepper = threading.get_ident()
 
-    def batch_keys(self, first: int, annotated: Sequence[bool]) -> list[int]:
-        """Offsets in a batch of frames ``first``, ``first + 1``, ... of those the network sees, as
-        far as is known now: annotated frames, and every ``keyframe_interval``-th frame after the
-        last key frame (annotated or not); with ``carry_motion`` those the plans see (a plan not
-        yet decided, or no schedule on a GPU: every frame)."""
+    def batch_keys(self, annotated: Sequence[bool]) -> list[int]:
+        """Offsets in the next batch of frames (``annotated``: whether each has a mask) of those the
+        network sees, as far as is known now: annotated frames, and every ``keyframe_interval``-th frame after the
+        last key frame (annotated or not). With ``carry_motion``, every frame: where frames are
+        carried, :meth:`sees` decides each from its plan; elsewhere (a GPU) every frame is seen."""
         if self.config.carry_motion > 0:
-            return [i for i, given in enumerate(annotated) if given or self.plan_for(first + i).key]
+            return list(range(len(annotated)))
         keys = []
         for i, given in enumerate(annotated):
             if given or self._since_key is None or self._since_key + 1 >= self.config.keyframe_interval:
