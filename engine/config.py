@@ -18,10 +18,13 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # seeds; 20 / 8 and 18 / 12 sequences better / worse) at 17.1 -> 20.2 fps idle and 14.3 -> 15.4
 # loaded (bear, float32, 2 cores, interleaved), but small multi-object clips lose (40 crowd clips,
 # mean J per object 0.541 -> 0.527): carried frames lose small objects. README, twenty-first round.
+# Its carried frames are refined again (``carry_refined`` off): the last output moved along the flow
+# instead cost it 1.45 points of CV J&F (seeds 0 and 2; 29 and 27 sequences of 30 worse), where
+# the frames it carries move fast. README, twenty-fourth round.
 # "accurate" retrieves every cell (``interior_stride`` 1): at 896 the sparse queries of the default
 # cost CV J&F (0.876 -> 0.870); and the network sees every frame.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"max_size": 640, "keyframe_interval": 2, "carry_motion": 0.0},
+    "fast": {"max_size": 640, "keyframe_interval": 2, "carry_motion": 0.0, "carry_refined": False},
     "balanced": {},
     "accurate": {"max_size": 896, "refine_size": 640, "interior_stride": 1, "keyframe_interval": 1},
 }
@@ -153,6 +156,15 @@ class SessionConfig:
     # sequences as mp4 through `vosctl segment`, float32, 2 cores: 14.1 -> 15.2 fps (bear +29%,
     # fast-moving ones unchanged). README, twenty-third round.
     carry_motion: float = 0.5
+    # A carried frame takes the last output (refined) moved along the optical flow at the flow's own
+    # resolution (engine.refine_stage), instead of the last grid probabilities moved, upsampled and
+    # refined again: no refinement for it (~3 ms instead of ~24 on one core at 480p). Against
+    # refining them, CV J&F -0.12 / -0.11 / -0.15 (seeds 0 / 1 / 2; 1 sequence better, 15-18 worse),
+    # multi-object dev clips -0.1 to -0.3 mean J per object; 8% less CPU a frame over the 30
+    # training sequences, +3.5% fps printed (two interleaved runs over them), +4.5% idle and loaded
+    # in process (four clips). README, twenty-fourth round. Without ``prior_flow`` (no flow)
+    # carried frames are refined.
+    carry_refined: bool = True
     # On a CPU the network sees only the box around the cells the gate can reach (decided two frames
     # ahead: the objects grown by two reaches and the margin), widened by ``embed_context`` cells of
     # context (engine.window); a key frame whose box misses a cell retrieval needs is embedded again

@@ -22,6 +22,9 @@ class GridFlow:
         self.scale = scale
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._previous: np.ndarray | None = None
+        # The last step's flow at its own resolution: (h, w, 2) displacement in its pixels; None
+        # for the first frame. A frame carried whole (engine.carry) is moved along it.
+        self.pixels: torch.Tensor | None = None
 
     def _gray(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
@@ -33,9 +36,11 @@ class GridFlow:
         frame to its position in the previous frame; ``None`` for the first frame."""
         gray = self._gray(image)
         previous, self._previous = self._previous, gray
+        self.pixels = None
         if previous is None or previous.shape != gray.shape:
             return None
         flow = self._dis.calc(gray, previous, None)  # gray[y, x] ~ previous[y + fy, x + fx]
+        self.pixels = torch.from_numpy(flow)
         gh, gw = grid
         cells = cv2.resize(flow, (gw, gh), interpolation=cv2.INTER_AREA)
         cells[..., 0] *= gw / gray.shape[1]
@@ -52,3 +57,39 @@ def warp_back(maps: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     y = (ys + flow[..., 1] + 0.5) * (2.0 / gh) - 1.0
     where = torch.stack([x, y], dim=-1)[None].to(maps.device)
     return F.grid_sample(maps[None].float(), where, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def warp_frame(probs: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) probabilities of the previous frame, (h, w, 2) backward flow in pixels of an h x w
+    image of the same view -> the probabilities moved to this frame: each pixel reads the previous
+    ones (bilinearly, the border repeated) where the flow, resized to H x W, says it came from."""
+    if probs.device.type == "cpu":  # OpenCV's remap: a quarter of grid_sample's time at 480p on one core
+        return _remap(probs, flow)
+    return _grid_sample(probs, flow)
+
+
+def _remap(probs: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    _, height, width = probs.shape
+    h, w = flow.shape[:2]
+    field = cv2.resize(flow.cpu().numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
+    map_x = field[..., 0] * np.float32(width / w) + np.arange(width, dtype=np.float32)
+    map_y = field[..., 1] * np.float32(height / h) + np.arange(height, dtype=np.float32)[:, None]
+    moved = [
+        cv2.remap(channel, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        for channel in probs.float().numpy()
+    ]
+    return torch.from_numpy(np.stack(moved))
+
+
+def _grid_sample(probs: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    _, height, width = probs.shape
+    h, w = flow.shape[:2]
+    field = flow.permute(2, 0, 1)[None].to(probs.device, torch.float32)
+    field = F.interpolate(field, size=(height, width), mode="bilinear", align_corners=False)
+    xs = torch.arange(width, dtype=torch.float32, device=probs.device)
+    ys = torch.arange(height, dtype=torch.float32, device=probs.device)
+    # Pixel centres to grid_sample's [-1, 1] (align_corners=False); the flow scaled to this size.
+    x = (xs + 0.5 + field[0, 0] * (width / w)) * (2.0 / width) - 1.0
+    y = (ys[:, None] + 0.5 + field[0, 1] * (height / h)) * (2.0 / height) - 1.0
+    where = torch.stack([x, y], dim=-1)[None]
+    return F.grid_sample(probs[None].float(), where, mode="bilinear", padding_mode="border", align_corners=False)[0]

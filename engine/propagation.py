@@ -45,6 +45,11 @@ class Propagator:
         """Call once per frame, in order: (gh, gw, 2) backward flow in cells, None when not used."""
         return self._flow.step(small, grid) if self._flow is not None else None
 
+    @property
+    def pixel_flow(self) -> torch.Tensor | None:
+        """The last :meth:`motion`'s flow at its own resolution, (h, w, 2) in its pixels; None without one."""
+        return self._flow.pixels if self._flow is not None else None
+
     # ---- annotated frames ----------------------------------------------------------------------
     def reference(self, pixels: PixelSet, mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         """Add an annotated frame ((H, W) uint8 user ids) to the bank -> (K + 1, H, W) its one-hot mask.

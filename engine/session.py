@@ -28,12 +28,14 @@ from engine.memory import PixelSet
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
+from engine.refine_stage import CarriedFrame, RefineStage
 from engine.refiners import make_refiner
 from engine.window import Box, FrameSchedule
 
 __all__ = [
     "ALIGN",
     "REFINERS",
+    "CarriedFrame",
     "Embedded",
     "SessionConfig",
     "VideoSession",
@@ -97,6 +99,8 @@ class VideoSession:
                 refiner_file=self.config.refiner_file,
             )
         self.refiner = refiner
+        self._stage = RefineStage(refiner)
+        self._given: torch.Tensor | None = None  # the last frame's output when it was given a mask
         self.profile = profile
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None
@@ -204,8 +208,9 @@ class VideoSession:
         """:meth:`step` for consecutive frames: the key frames among them are embedded in one batch,
         then each frame is propagated in order. The results equal those of :meth:`step` frame by
         frame up to the rounding of the network's batched arithmetic. ``refine=False`` leaves the
-        refinement to the caller (:meth:`refine`, thread-safe), for example on another thread, and the
-        probabilities on the refiner's device (the GPU with the torch solver); a frame
+        refinement to the caller (:meth:`refine`, in frame order, for example on another thread), and
+        the probabilities on the refiner's device (the GPU with the torch solver), or a
+        :class:`CarriedFrame` for a frame carried whole (``carry_refined``); a frame
         given a mask returns that mask and is not refined. A 0/255 mask is object 1
         (engine.objects.object_ids), as in the CLI. ``embedded``: the frames' embeddings from
         :meth:`embed_ahead`, one per frame, in place of embedding them here."""
@@ -247,6 +252,7 @@ class VideoSession:
                     mask = self._merge_with_prediction(frame, pixels, mask, grid, flow)
                     start = self.record_time("retrieve", start)
                 results.append(self.propagator.reference(pixels, mask.astype(np.uint8), grid))
+                self._given = results[-1]
                 self._frame_done(flow)
                 continue
             if key:
@@ -261,10 +267,15 @@ class VideoSession:
                 coarse = self.propagator.carry(flow)
                 self.carried += 1
                 start = self.record_time("carry", start)
-            full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
-            full = self._for_refiner(full.float())
-            start = self.record_time("upsample", start)
-            results.append(self.refine(frame, full).cpu() if refine else full)
+            whole = None if key or not self.config.carry_refined else self.propagator.pixel_flow
+            if whole is not None:  # the last output moved along the flow, not refined again
+                output = CarriedFrame(whole, self._given)
+            else:
+                output = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
+                output = self._for_refiner(output.float())
+                start = self.record_time("upsample", start)
+            results.append(self.refine(frame, output).cpu() if refine else output)
+            self._given = None
             start = time.perf_counter()
             self._frame_done(flow)
         return results
@@ -304,7 +315,11 @@ class VideoSession:
         the others keep theirs (engine.objects.merge_annotation) -> (H, W) uint8 ids."""
         coarse = self.propagator.propagate(pixels, grid, flow, remember=False)
         full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
-        predicted = self.to_ids(self.refine(frame, self._for_refiner(full.float())))
+        # The refiner itself, not the refine stage, which another thread may be using in frame order.
+        start = time.perf_counter()
+        probs = self._for_refiner(full.float())
+        predicted = self.to_ids(self.refiner(frame, probs) if self.refiner is not None else probs)
+        self.record_time("refine", start)
         return merge_annotation(predicted, mask)
 
     def _check_embedded(self, embedded: Sequence[Embedded], count: int) -> None:
@@ -325,13 +340,15 @@ class VideoSession:
             return probs.cpu()
         return probs
 
-    def refine(self, frame: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
-        """(K + 1, H, W) probabilities -> refined (the configured refiner; unchanged without one)."""
-        if self.refiner is None:
-            return probs
+    def refine(self, frame: np.ndarray, probs: torch.Tensor | CarriedFrame) -> torch.Tensor:
+        """(K + 1, H, W) probabilities -> refined (the configured refiner; unchanged without one); a
+        :class:`CarriedFrame` -> the last output moved along its flow (engine.refine_stage). Call it
+        in frame order for every frame :meth:`step_batch` gave with ``refine=False``, except those
+        given a mask; one thread at a time."""
         start = time.perf_counter()
-        refined = self.refiner(frame, probs)
-        self.record_time("refine", start)
+        carried = isinstance(probs, CarriedFrame)
+        refined = self._stage(frame, probs)
+        self.record_time("carry" if carried else "refine", start)
         return refined
 
     def to_ids(self, probs: torch.Tensor) -> np.ndarray:

@@ -316,6 +316,7 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     model = create_model(ModelConfig(backbone="tiny", inference={"k": 3, "max_size": 256}), pretrained=False)
     fast = session_config_for(model, preset="fast")
     assert fast.keyframe_interval == 2 and fast.carry_motion == 0 and fast.max_size == 640 and fast.retrieval.k == 3
+    assert not fast.carry_refined  # its carried frames move fast: they are refined again
     assert session_config_for(model, preset="fast", max_size=512).max_size == 512
     balanced = session_config_for(model, preset="balanced")
     assert balanced == session_config_for(model) and balanced.keyframe_interval == 2 and balanced.carry_motion == 0.5

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.motion import GridFlow, warp_back
+import engine.motion as motion
+from engine.motion import GridFlow, warp_back, warp_frame
 
 
 def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -28,6 +29,26 @@ def test_warp_back_reads_the_previous_maps_where_the_flow_points():
     assert moved[0, 1, 5] == pytest.approx(1.0)
     assert moved[0].sum() == pytest.approx(1.0)
     assert torch.equal(warp_back(maps, torch.zeros(6, 8, 2)), maps)
+
+
+def test_warp_frame_moves_full_size_probabilities_along_a_flow_of_another_size():
+    probs = torch.zeros(2, 40, 60)
+    probs[1, 10:20, 10:20] = 1.0
+    probs[0] = 1.0 - probs[1]
+    assert torch.allclose(warp_frame(probs, torch.zeros(20, 30, 2)), probs, atol=1e-5)
+    flow = torch.zeros(20, 30, 2)
+    flow[..., 0] = -3.0  # at half the size: every pixel came from 6 full-size pixels to its left
+    flow[..., 1] = 1.0  # and from 2 below: the square moved 6 right and 2 up
+    moved = warp_frame(probs, flow)
+    assert moved.shape == probs.shape
+    assert torch.equal(moved[1] > 0.5, torch.roll(probs[1] > 0.5, shifts=(-2, 6), dims=(0, 1)))
+    assert torch.allclose(moved.sum(0), torch.ones(40, 60), atol=1e-5)
+    # Off the CPU the same move is grid_sample's (OpenCV's remap rounds positions to 1/32 pixel).
+    smooth = torch.from_numpy(cv2.GaussianBlur(probs[1].numpy(), (0, 0), 3))
+    wavy = torch.from_numpy(
+        cv2.GaussianBlur(np.random.default_rng(0).normal(0, 4, (20, 30, 2)).astype(np.float32), (0, 0), 3)
+    )
+    assert torch.allclose(motion._grid_sample(smooth[None], wavy), motion._remap(smooth[None], wavy), atol=2e-3)
 
 
 def test_grid_flow_finds_a_shift_in_grid_cells_with_the_right_sign():

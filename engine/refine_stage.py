@@ -1,0 +1,48 @@
+"""The session's last stage: a frame the network saw is refined; a frame carried whole takes the
+last output moved along the optical flow, not refined again.
+
+A carried frame's output needs the output of the frame before it, which the refinement (perhaps on
+another thread, in frame order) has not made yet when the frame is stepped. So stepping gives a
+:class:`CarriedFrame` (the flow, and the frame before's output where that frame was given a mask,
+which is never refined), and :class:`RefineStage` turns it into probabilities when its turn comes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.errors import VosError
+from engine.motion import warp_frame
+
+__all__ = ["CarriedFrame", "RefineStage"]
+
+
+@dataclass(frozen=True)
+class CarriedFrame:
+    """A frame carried whole: its output is the frame before's, moved along ``flow``."""
+
+    flow: torch.Tensor  # (h, w, 2) backward flow in pixels of the flow's image (engine.motion.GridFlow)
+    before: torch.Tensor | None = None  # the frame before's output when it was given (a mask); None: refined
+
+
+class RefineStage:
+    """``stage(frame, probs) -> probs`` in frame order: ``refiner`` (None: unchanged) for probabilities,
+    the last output moved along the flow for a :class:`CarriedFrame`. Not for two threads at once."""
+
+    def __init__(self, refiner) -> None:
+        self.refiner = refiner
+        self._last: torch.Tensor | None = None
+
+    def __call__(self, frame: np.ndarray, probs: torch.Tensor | CarriedFrame) -> torch.Tensor:
+        if isinstance(probs, CarriedFrame):
+            before = probs.before if probs.before is not None else self._last
+            if before is None:
+                raise VosError("A carried frame needs the output of the frame before it, refined first.")
+            out = warp_frame(before, probs.flow)
+        else:
+            out = self.refiner(frame, probs) if self.refiner is not None else probs
+        self._last = out
+        return out

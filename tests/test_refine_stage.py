@@ -1,0 +1,83 @@
+"""A frame carried whole takes the last output moved along the flow, not refined again
+(engine.refine_stage), the same whether the session refines inline or the caller does, later and
+in frame order (the CLI's refinement thread)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import VosError
+from engine.motion import warp_frame
+from engine.refine_stage import CarriedFrame, RefineStage
+from engine.session import VideoSession
+from tests.test_window import CARRYING, clip
+
+
+class Sharpen:
+    """A refiner that changes what it is given (so a refined output is told from an unrefined one)
+    and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, frame, probs):
+        self.calls += 1
+        sharp = probs**2
+        return sharp / sharp.sum(0, keepdim=True)
+
+
+def one_hot(mask: np.ndarray, channels: int) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(mask == k).float() for k in range(channels)])
+
+
+def test_a_carried_frame_is_the_last_output_moved_along_the_flow_and_is_not_refined(tiny_model):
+    images, mask = clip(8)
+    moved = np.zeros_like(mask)
+    moved[32:80, 48:96] = 1  # frame 2's mask: the square where it is then
+    masks = [mask, None, moved, None, None, None, None, None]
+    config = CARRYING.with_overrides(carry_motion=2.0)  # the square moves half a cell a frame
+    refiner = Sharpen()
+    session = VideoSession(tiny_model, config, refiner=refiner)
+    outputs, flows = [], []
+    for image, given in zip(images, masks, strict=True):
+        outputs.append(session.step_batch([image], [given])[0])
+        flows.append(session.propagator.pixel_flow)
+    assert session.carried == 3  # frames 3, 5 and 7
+    # frames 1, 4 and 6, and frame 2's prediction, which its mask is merged with
+    assert refiner.calls == 4
+    # frame 3 follows a frame given a mask: that mask moved; frames 5 and 7: the refined output before
+    assert torch.allclose(outputs[3], warp_frame(one_hot(moved, 2), flows[3]), atol=1e-6)
+    for i in (5, 7):
+        assert torch.allclose(outputs[i], warp_frame(outputs[i - 1], flows[i]), atol=1e-6)
+
+    # The CLI's way: stepped without refinement, refined a frame behind, in order.
+    later = VideoSession(tiny_model, config, refiner=Sharpen())
+    waiting: list[tuple[np.ndarray, object, bool]] = []
+    results = []
+    for image, given in zip(images, masks, strict=True):
+        waiting.append((image, later.step_batch([image], [given], refine=False)[0], given is not None))
+        if len(waiting) == 2:
+            frame, probs, was_given = waiting.pop(0)
+            results.append(probs if was_given else later.refine(frame, probs))
+    frame, probs, was_given = waiting.pop(0)
+    results.append(probs if was_given else later.refine(frame, probs))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results, outputs, strict=True))
+
+    # Off: carried frames are the grid probabilities moved, upsampled and refined, as before.
+    refiner = Sharpen()
+    session = VideoSession(tiny_model, config.with_overrides(carry_refined=False), refiner=refiner)
+    for image, given in zip(images, masks, strict=True):
+        session.step_batch([image], [given])
+    assert session.carried == 3 and refiner.calls == 4 + 3
+
+
+def test_the_refine_stage_needs_an_output_before_a_carried_frame():
+    stage = RefineStage(None)
+    frame = np.zeros((4, 6, 3), np.uint8)
+    with pytest.raises(VosError, match="carried"):
+        stage(frame, CarriedFrame(torch.zeros(2, 3, 2)))
+    probs = torch.rand(2, 4, 6)
+    assert stage(frame, probs) is probs  # no refiner: unchanged
+    assert torch.allclose(stage(frame, CarriedFrame(torch.zeros(2, 3, 2))), probs, atol=1e-5)
