@@ -2,7 +2,8 @@
 
 The session only wires the stages together and times them: embed (engine.embedder: stateless,
 runs ahead in batches, or on another thread: ``embed_ahead``), propagate (engine.propagation:
-bank, memory, prior; the only sequential state) and refine (engine.bilateral). Frames enter at
+bank, memory, prior; the only sequential state) and refine (engine.refine_stage: the refiners of
+engine.refiners, or for a frame carried whole the last output moved along the flow). Frames enter at
 any size; probabilities leave at the frame's full size. The engine never opens a file; decoding,
 encoding and progress bars stay outside.
 """
