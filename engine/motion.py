@@ -23,7 +23,7 @@ class GridFlow:
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._previous: np.ndarray | None = None
         # The last step's flow at its own resolution: (h, w, 2) displacement in its pixels; None
-        # for the first frame. A frame carried whole (engine.carry) is moved along it.
+        # for the first frame. A frame carried whole (engine.refine_stage) is moved along it.
         self.pixels: torch.Tensor | None = None
 
     def _gray(self, image: np.ndarray) -> np.ndarray:

@@ -43,6 +43,10 @@ class RefineStage:
                 raise VosError("A carried frame needs the output of the frame before it, refined first.")
             out = warp_frame(before, probs.flow)
         else:
-            out = self.refiner(frame, probs) if self.refiner is not None else probs
+            out = self.refine(frame, probs)
         self._last = out
         return out
+
+    def refine(self, frame: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
+        """The refiner alone (unchanged without one), keeping nothing: safe beside the stage's own thread."""
+        return self.refiner(frame, probs) if self.refiner is not None else probs

@@ -316,10 +316,9 @@ class VideoSession:
         the others keep theirs (engine.objects.merge_annotation) -> (H, W) uint8 ids."""
         coarse = self.propagator.propagate(pixels, grid, flow, remember=False)
         full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
-        # The refiner itself, not the refine stage, which another thread may be using in frame order.
+        # The refiner alone: the stage's last output is for the thread refining in frame order.
         start = time.perf_counter()
-        probs = self._for_refiner(full.float())
-        predicted = self.to_ids(self.refiner(frame, probs) if self.refiner is not None else probs)
+        predicted = self.to_ids(self._stage.refine(frame, self._for_refiner(full.float())))
         self.record_time("refine", start)
         return merge_annotation(predicted, mask)
 
