@@ -137,6 +137,19 @@ def test_overlay_video_keeps_frames_rate_and_timestamps(dog_run):
     assert hidden == [], "no temporary files left"
 
 
+def test_overlay_is_encoded_on_one_thread_at_the_overlay_preset(dog_run):
+    # x264 writes its settings into the stream: one thread (the compute threads take the cores),
+    # and superfast's sub-pixel refinement (veryfast's is 2).
+    data = (dog_run["folder"] / "clip.vos.mp4").read_bytes()
+    start = data.index(b"x264 - core")
+    settings = dict(
+        item.split("=", 1) for item in data[start : data.index(b"\0", start)].decode().split() if "=" in item
+    )
+    assert settings["threads"] == "1"
+    assert settings["subme"] == "1"
+    assert settings["crf"] == "20.0"
+
+
 # ---- smaller clips with the tiny model ----------------------------------------------------------
 
 

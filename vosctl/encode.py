@@ -33,10 +33,13 @@ AUDIO_REMUX = {
 }
 
 
-# x264's speed preset for overlay videos. On 2 CPU cores at 480p (bear, 40 frames): veryfast 17 ms
-# a frame of CPU time, superfast 12 ms, ultrafast 8 ms at 3.7x the file size; veryfast keeps the
-# overlay small and costs less than the network it runs beside.
-OVERLAY_PRESET = "veryfast"
+# x264's speed preset for overlay videos, encoded on one thread: the CLI's refinement thread encodes
+# beside the compute threads, which already take the cores (x264's own threads would go past
+# ``--threads``). CPU a frame at 854x480, one thread (dance-jump's overlay, crf 20): veryfast 7-8 ms,
+# superfast 4.3-4.9 ms at 1.15x the file size, ultrafast 2.7 ms at 2.5x. Over the 30 training
+# sequences superfast on one thread printed 4% more fps than veryfast on x264's own threads.
+OVERLAY_PRESET = "superfast"
+OVERLAY_THREADS = "1"
 
 
 def container_for(path: Path) -> tuple[str, str, str]:
@@ -87,7 +90,7 @@ class VideoWriter:
         else:  # yuv420p needs even sides; odd frames keep every pixel in 4:4:4
             even = width % 2 == 0 and height % 2 == 0
             self.stream.pix_fmt = "yuv420p" if even else "yuv444p"
-            self.stream.options = {"crf": "20", "preset": preset or OVERLAY_PRESET}
+            self.stream.options = {"crf": "20", "preset": preset or OVERLAY_PRESET, "threads": OVERLAY_THREADS}
         self.audio_in = audio_stream
         self.audio_out = None
         self._audio_decoder = None
