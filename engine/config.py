@@ -202,6 +202,18 @@ class SessionConfig:
         if self.embed_context < 0:
             raise VosError("The embedding's context must be zero or more cells.")
 
+    # How the key frames are chosen: every frame, by motion, or by a fixed interval. One place for
+    # the session (may it embed ahead?) and the schedule (which frames are carried?).
+    @property
+    def carries_by_motion(self) -> bool:
+        """Frames are carried where the objects moved little (``carry_motion``); on a CPU only."""
+        return self.keyframe_interval > 1 and self.carry_motion > 0
+
+    @property
+    def fixed_interval(self) -> bool:
+        """Every ``keyframe_interval``-th frame is a key frame whatever the motion (known up front)."""
+        return self.keyframe_interval > 1 and self.carry_motion <= 0
+
     @staticmethod
     def setting_names() -> tuple[str, ...]:
         """The names ``with_overrides`` takes: the session's own and the retrieval's."""

@@ -190,7 +190,7 @@ class VideoSession:
     def embeds_ahead(self) -> bool:
         """Whether :meth:`embed_ahead` may embed this session's frames: every frame is a key frame,
         or the schedule decides which are (``carry_motion``); not with a fixed key-frame interval."""
-        return self.config.keyframe_interval == 1 or self.config.carry_motion > 0
+        return not self.config.fixed_interval
 
     def stop_waiting(self) -> None:
         """Let a thread in :meth:`embed_ahead` go on without waiting for its plan (the thread that

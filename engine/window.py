@@ -118,7 +118,7 @@ class FrameSchedule:
     def __init__(self, config: SessionConfig, *, enabled: bool = True) -> None:
         self.config = config
         self.boxed = enabled and bool(config.embed_context)  # the network sees a box of the frame
-        self.carrying = enabled and config.keyframe_interval > 1 and config.carry_motion > 0  # frames carried by motion
+        self.carrying = enabled and config.carries_by_motion
         self.enabled = self.boxed or self.carrying
         self._plans: dict[int, FramePlan] = {}
         self._since_key: int | None = None  # the fixed interval's frames since the last key frame
@@ -132,9 +132,10 @@ class FrameSchedule:
     def batch_keys(self, annotated: Sequence[bool]) -> list[int]:
         """Offsets in the next batch of frames (``annotated``: whether each has a mask) of those the
         network sees, as far as is known now: annotated frames, and every ``keyframe_interval``-th frame after the
-        last key frame (annotated or not). With ``carry_motion``, every frame: where frames are
-        carried, :meth:`sees` decides each from its plan; elsewhere (a GPU) every frame is seen."""
-        if self.config.carry_motion > 0:
+        last key frame (annotated or not). Unless the interval is fixed (``fixed_interval``), every
+        frame: where frames are carried by motion, :meth:`sees` decides each from its plan; elsewhere
+        (every frame a key frame, or a GPU) every frame is seen."""
+        if not self.config.fixed_interval:
             return list(range(len(annotated)))
         keys = []
         for i, given in enumerate(annotated):

@@ -214,6 +214,23 @@ def test_a_frame_is_carried_only_where_the_objects_moved_little_two_frames_befor
         SessionConfig(carry_motion=-1.0)
 
 
+def test_key_frames_are_chosen_every_frame_by_motion_or_by_a_fixed_interval():
+    fixed = CARRYING.with_overrides(carry_motion=0.0, keyframe_interval=3)
+    every = CARRYING.with_overrides(keyframe_interval=1)
+    assert (CARRYING.carries_by_motion, CARRYING.fixed_interval) == (True, False)
+    assert (fixed.carries_by_motion, fixed.fixed_interval) == (False, True)
+    assert (every.carries_by_motion, every.fixed_interval) == (False, False)
+    # a fixed interval lists every third frame after the last key frame, and annotated frames, up front
+    schedule = window_module.FrameSchedule(fixed)
+    assert schedule.batch_keys([True, False, False, False, True, False]) == [0, 3, 4]
+    assert schedule.batch_keys([False, False, False]) == [1]
+    # otherwise every frame is listed, and the plans decide (by motion) which are carried
+    for config in (CARRYING, every):
+        assert window_module.FrameSchedule(config).batch_keys([True, False, False]) == [0, 1, 2]
+        assert window_module.FrameSchedule(config).carrying == config.carries_by_motion
+    assert not window_module.FrameSchedule(CARRYING, enabled=False).carrying  # a GPU sees every frame
+
+
 def test_frames_carried_ahead_are_not_embedded_and_give_the_probabilities_of_a_session_run_frame_by_frame(
     tiny_model, monkeypatch
 ):
