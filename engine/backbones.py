@@ -242,10 +242,23 @@ def _lite_weights_path(variant: str) -> str:
     return getattr(module, class_name).get_model_file_path()
 
 
+_PRETRAINED: dict[str, dict[str, torch.Tensor]] = {}  # variant -> its ImageNet weights, read once
+
+
+def _pretrained_state(variant: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of a Lite variant, read from its package once per process. A run builds
+    two networks from them, the embedding model's backbone and the learned refiner's frozen encoder
+    (engine.mask_refiner), and reading the file again took ~30 ms of the session's start. Networks
+    copy the weights in (``load_state_dict``), so none of them shares its tensors with this cache."""
+    if variant not in _PRETRAINED:
+        _PRETRAINED[variant] = torch.load(_lite_weights_path(variant), map_location="cpu", weights_only=True)
+    return _PRETRAINED[variant]
+
+
 def _make_lite(variant: str, pretrained: bool, max_stride: int = 32) -> EfficientNetLite:
     net = EfficientNetLite(variant, max_stride=max_stride)
     if pretrained:
-        state = torch.load(_lite_weights_path(variant), map_location="cpu", weights_only=True)
+        state = _pretrained_state(variant)
         own = net.state_dict()  # a network cut at stride 16 takes the weights of the layers it keeps
         net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     return net.eval()

@@ -149,3 +149,21 @@ def test_lite0s_early_layers_alone_are_lite0s_first_layers():
     assert torch.equal(x, y)
     with pytest.raises(VosError, match="not an EfficientNet-Lite"):
         lite_early_layers("tiny")
+
+
+def test_imagenet_weights_are_read_once_and_networks_keep_their_own_copies(monkeypatch):
+    import engine.backbones as backbones
+
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(backbones, "_PRETRAINED", {})
+    monkeypatch.setattr(backbones.torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    full = create_backbone("efficientnet_lite0", pretrained=True)
+    early = lite_early_layers("efficientnet_lite0")
+    assert len(reads) == 1, "the model's backbone and the refiner's encoder share one read of the file"
+    # each network copied the weights in: changing one leaves the other and the next build as they were
+    before = early._conv_stem.weight.clone()
+    with torch.no_grad():
+        full._conv_stem.weight.add_(1.0)
+    assert torch.equal(early._conv_stem.weight, before)
+    assert torch.equal(lite_early_layers("efficientnet_lite0")._conv_stem.weight, before)
