@@ -206,7 +206,8 @@ class SessionConfig:
     # the session (may it embed ahead?) and the schedule (which frames are carried?).
     @property
     def carries_by_motion(self) -> bool:
-        """Frames are carried where the objects moved little (``carry_motion``); on a CPU only."""
+        """Frames are carried where the objects moved little (``carry_motion``), where the schedule
+        is on (a CPU: engine.window)."""
         return self.keyframe_interval > 1 and self.carry_motion > 0
 
     @property
