@@ -51,10 +51,20 @@ class GridFlow:
 def warp_back(maps: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """(C, gh, gw) maps of the previous frame, (gh, gw, 2) backward flow in cells -> the maps moved
     to this frame: each cell reads the previous maps where the flow says it came from."""
-    c, gh, gw = maps.shape
-    ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
-    x = (xs + flow[..., 0] + 0.5) * (2.0 / gw) - 1.0  # align_corners=False convention
-    y = (ys + flow[..., 1] + 0.5) * (2.0 / gh) - 1.0
+    return _sample_along(maps, flow)
+
+
+def _sample_along(maps: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) maps, (H, W, 2) backward flow in their own pixels -> grid_sample's bilinear read
+    of each pixel where the flow points (the border repeated)."""
+    _, height, width = maps.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32, device=flow.device),
+        torch.arange(width, dtype=torch.float32, device=flow.device),
+        indexing="ij",
+    )
+    x = (xs + flow[..., 0] + 0.5) * (2.0 / width) - 1.0  # align_corners=False convention
+    y = (ys + flow[..., 1] + 0.5) * (2.0 / height) - 1.0
     where = torch.stack([x, y], dim=-1)[None].to(maps.device)
     return F.grid_sample(maps[None].float(), where, mode="bilinear", padding_mode="border", align_corners=False)[0]
 
@@ -82,14 +92,10 @@ def _remap(probs: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 def _grid_sample(probs: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """:func:`warp_frame` off the CPU: the flow resized and scaled to the probabilities' pixels."""
     _, height, width = probs.shape
     h, w = flow.shape[:2]
     field = flow.permute(2, 0, 1)[None].to(probs.device, torch.float32)
-    field = F.interpolate(field, size=(height, width), mode="bilinear", align_corners=False)
-    xs = torch.arange(width, dtype=torch.float32, device=probs.device)
-    ys = torch.arange(height, dtype=torch.float32, device=probs.device)
-    # Pixel centres to grid_sample's [-1, 1] (align_corners=False); the flow scaled to this size.
-    x = (xs + 0.5 + field[0, 0] * (width / w)) * (2.0 / width) - 1.0
-    y = (ys[:, None] + 0.5 + field[0, 1] * (height / h)) * (2.0 / height) - 1.0
-    where = torch.stack([x, y], dim=-1)[None]
-    return F.grid_sample(probs[None].float(), where, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    field = F.interpolate(field, size=(height, width), mode="bilinear", align_corners=False)[0]
+    scale = torch.tensor([width / w, height / h], dtype=torch.float32, device=probs.device)
+    return _sample_along(probs, field.permute(1, 2, 0) * scale)
