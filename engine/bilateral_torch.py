@@ -338,7 +338,12 @@ def refine_probabilities(reference, probs: torch.Tensor, confidence, params: Bil
     """:func:`engine.bilateral.refine_probabilities` on the device of ``probs``: (K+1, H, W) float32 back."""
     probs = torch.as_tensor(probs)
     check_probabilities(tuple(probs.shape), getattr(reference, "shape", None))
-    refined = TorchBilateralGrid(reference, params, device=probs.device).solve(probs, confidence)
+    grid = TorchBilateralGrid(reference, params, device=probs.device)
+    if len(probs) == 2 and torch.as_tensor(confidence).dim() == 2:  # one object: the background is 1 - x, as there
+        objects = grid.solve(probs[1:], confidence)
+        refined = torch.cat([1.0 - objects, objects])
+    else:
+        refined = grid.solve(probs, confidence)
     refined.clamp_(0.0, 1.0)
     total = refined.sum(dim=0, keepdim=True)
     # A pixel where every channel was clipped to 0 falls back to background rather than NaN.

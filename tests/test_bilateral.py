@@ -163,6 +163,27 @@ def test_refine_probabilities_sums_to_one_and_follows_edges() -> None:
     assert _iou(labels == 1, region) > _iou(probs.argmax(axis=0) == 1, region) + 0.05
 
 
+@pytest.mark.parametrize("objects", [1, 2])
+def test_background_is_what_the_solved_objects_leave(monkeypatch, objects: int) -> None:
+    """With one object and one confidence, only the object is solved and the background is 1 - x,
+    what solving it too gives (conjugate gradient takes the same steps); several objects solve all."""
+    region = _disc()
+    obj = _box_blur(np.roll(region, 4, axis=1), 4)
+    split = np.where(np.arange(W) < 28, 1.0, 0.0)[None] if objects == 2 else 1.0
+    probs = np.stack([1.0 - obj] + ([obj * split, obj * (1 - split)] if objects == 2 else [obj])).astype(np.float32)
+    confidence = top_two_margin(probs)
+    img = _two_colour(region, noise=12.0)
+    params = BilateralParams(iterations=8)  # CG stopped short of convergence: the equality is not the optimum's
+    every = BilateralGrid(img, params).solve(probs, confidence)
+    every = np.clip(every, 0.0, 1.0) / np.clip(every, 0.0, 1.0).sum(axis=0)
+    solved = []
+    solve = BilateralGrid.solve
+    monkeypatch.setattr(BilateralGrid, "solve", lambda self, t, c: solved.append(len(t)) or solve(self, t, c))
+    out = refine_probabilities(img, probs, confidence, params)
+    assert solved == [1 if objects == 1 else objects + 1]
+    np.testing.assert_allclose(out, every, atol=1e-5)
+
+
 def test_session_refiner_takes_and_returns_tensors() -> None:
     torch = pytest.importorskip("torch")
     region = _disc()
