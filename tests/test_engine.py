@@ -322,7 +322,7 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     assert balanced == session_config_for(model) and balanced.keyframe_interval == 2 and balanced.carry_motion == 0.5
     accurate = session_config_for(model, preset="accurate")
     assert accurate.max_size == 896 and accurate.refine_size == 640 and accurate.interior_stride == 1
-    assert accurate.keyframe_interval == 1
+    assert accurate.keyframe_interval == 1 and accurate.gate_margin == 4  # the margin it was measured with
     with pytest.raises(VosError, match="preset"):
         session_config_for(model, preset="fastest")
 
