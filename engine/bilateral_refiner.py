@@ -50,11 +50,18 @@ class BilateralRefiner:
     sigmas of confident context) at the resolution it would give the whole frame, and the
     confident pixels outside it keep their probabilities (where the confidence is near 1 the
     solution is the input). The cost then follows the uncertain area, not the frame.
+
+    ``band`` (pixels; 0: off): of that, the grid holds only the pixels within ``band`` of an
+    uncertain one (engine.bilateral.band_pixels), so its cost follows the uncertain band, not its
+    bounding box.
     """
 
-    def __init__(self, params: BilateralParams | None = None, *, crop: bool = False) -> None:
+    level = 0.98  # a pixel whose confidence is below this is uncertain
+
+    def __init__(self, params: BilateralParams | None = None, *, crop: bool = False, band: float = 0.0) -> None:
         self.params = params or BilateralParams()
         self.crop = crop
+        self.band = band
 
     def __call__(self, frame: np.ndarray, probs):
         """frame (H, W, 3) uint8 RGB; probs (K+1, H, W) numpy array or CPU torch tensor, same type back."""
@@ -69,22 +76,22 @@ class BilateralRefiner:
         return refined
 
     def _refine(self, frame: np.ndarray, probs: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        band = {"band": self.band, "level": self.level}
         if not self.crop:
-            return refine_probabilities(frame, probs, confidence, self.params)
+            return refine_probabilities(frame, probs, confidence, self.params, **band)
         check_probabilities(probs.shape, getattr(frame, "shape", None))
         height, width = confidence.shape
-        window = uncertain_window(confidence, int(3 * self.params.sigma_spatial))
+        window = uncertain_window(confidence, int(3 * self.params.sigma_spatial), self.level)
         if window is None:
             return probs.astype(np.float32, copy=True)
         ys, xs = window
         side = max(ys.stop - ys.start, xs.stop - xs.start)
         if side < _MIN_SIDE or (ys.stop - ys.start) * (xs.stop - xs.start) > 0.8 * height * width:
-            return refine_probabilities(frame, probs, confidence, self.params)
+            return refine_probabilities(frame, probs, confidence, self.params, **band)
         params = self.params
         if params.max_side is not None:  # the working resolution of the whole frame, on the window
             params = replace(params, max_side=max(_MIN_SIDE, round(params.max_side * side / max(height, width))))
         out = probs.astype(np.float32, copy=True)
-        out[:, ys, xs] = refine_probabilities(
-            np.ascontiguousarray(frame[ys, xs]), np.ascontiguousarray(probs[:, ys, xs]), confidence[ys, xs], params
-        )
+        crop, window_probs = np.ascontiguousarray(frame[ys, xs]), np.ascontiguousarray(probs[:, ys, xs])
+        out[:, ys, xs] = refine_probabilities(crop, window_probs, confidence[ys, xs], params, **band)
         return out

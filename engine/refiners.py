@@ -51,13 +51,15 @@ def make_refiner(
     params: BilateralParams | None = None,
     *,
     crop: bool = False,
+    band: float = 0.0,
     refiner_file: str | None = None,
 ):
     """``refiner(frame, probs) -> probs`` for :attr:`SessionConfig.refine` ``name``, or None for "none".
 
     "bilateral" is the numpy/scipy solver on a CPU device (the faster one there) and the torch solver
     on CUDA or MPS, which keeps the probabilities on the device; both solve the same system.
-    ``crop`` (the numpy solver on the uncertain window only) has no effect on the torch solver.
+    ``crop`` (the numpy solver on the uncertain window only) and ``band`` (its grid on the pixels
+    near uncertain ones only) have no effect on the torch solver.
     "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one), at the
     solver's working resolution (``params.max_side``); "learned+bilateral" runs the solver after it.
     """
@@ -71,13 +73,13 @@ def make_refiner(
         work_size = (params.max_side or 0) if params is not None else None  # 0: the frame's own size
         stages.append(learned_refiner(refiner_file, device, work_size))
     if key.endswith("bilateral"):
-        stages.append(_bilateral(device, params, crop))
+        stages.append(_bilateral(device, params, crop, band))
     return stages[0] if len(stages) == 1 else RefinerChain(stages)
 
 
-def _bilateral(device: torch.device | str, params: BilateralParams | None, crop: bool):
+def _bilateral(device: torch.device | str, params: BilateralParams | None, crop: bool, band: float):
     if torch.device(device).type == "cpu":
-        return BilateralRefiner(params, crop=crop)
+        return BilateralRefiner(params, crop=crop, band=band)
     from engine.bilateral_torch import TorchBilateralRefiner
 
     return TorchBilateralRefiner(params)

@@ -97,6 +97,7 @@ class VideoSession:
                 self.device,
                 params,
                 crop=self.config.refine_crop,
+                band=self.config.refine_band,
                 refiner_file=self.config.refiner_file,
             )
         self.refiner = refiner

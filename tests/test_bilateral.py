@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
-from engine.bilateral import BilateralGrid, BilateralParams, refine_probabilities
+from engine.bilateral import BilateralGrid, BilateralParams, band_pixels, refine_probabilities
 from engine.bilateral_refiner import BilateralRefiner, top_two_margin
 from engine.errors import VosError
 
@@ -182,6 +182,49 @@ def test_background_is_what_the_solved_objects_leave(monkeypatch, objects: int) 
     out = refine_probabilities(img, probs, confidence, params)
     assert solved == [1 if objects == 1 else objects + 1]
     np.testing.assert_allclose(out, every, atol=1e-5)
+
+
+def test_band_is_the_pixels_near_uncertain_ones() -> None:
+    confidence = np.ones((40, 80), dtype=np.float32)
+    confidence[20, 40] = 0.5  # one uncertain pixel
+    pixels = band_pixels(confidence, (20, 40), band=8.0, level=0.98)  # working at half size: 4 px there
+    assert pixels.shape == (20, 40) and pixels[10, 20]
+    yy, xx = np.nonzero(pixels)
+    assert np.hypot(yy - 10, xx - 20).max() <= 4.5 and pixels.sum() > 40  # a disc of radius ~4
+    assert band_pixels(np.full((40, 80), 0.5, np.float32), (20, 40), 8.0, 0.98) is None  # all of them: no mask
+    assert band_pixels(np.ones((40, 80), np.float32), (20, 40), 8.0, 0.98) is None  # none uncertain
+
+
+def test_band_solves_the_boundary_and_keeps_the_rest() -> None:
+    """The grid on the band only: the boundary snaps to the colour edge as with every pixel, and the
+    confident pixels beyond the band keep their probabilities; the grid holds fewer pixels."""
+    region = _disc()
+    obj = _box_blur(np.roll(region, 3, axis=1), 3)
+    probs = np.stack([1.0 - obj, obj]).astype(np.float32)
+    confidence = top_two_margin(probs)
+    img = _two_colour(region, noise=6.0)
+    params = BilateralParams(**FULL_RES)
+    whole = refine_probabilities(img, probs, confidence, params)
+    banded = refine_probabilities(img, probs, confidence, params, band=4.0)
+    near = band_pixels(confidence, (H, W), 4.0, 0.98)
+    assert near is not None and 0.1 < near.mean() < 0.6
+    assert BilateralGrid(img, params, near).pixel_vertex.size == near.sum()
+    np.testing.assert_array_equal(banded[:, ~near], probs[:, ~near])
+    assert _iou(banded.argmax(0) == 1, whole.argmax(0) == 1) > 0.98
+    assert _iou(banded.argmax(0) == 1, region) > _iou(obj > 0.5, region) + 0.05
+    with pytest.raises(VosError, match="working resolution"):
+        BilateralGrid(img, params, near[:-1])
+
+
+def test_refiner_band_on_the_window_changes_few_labels() -> None:
+    region = _disc()
+    obj = _box_blur(np.roll(region, 3, axis=1), 3)
+    probs = np.stack([1.0 - obj, obj]).astype(np.float32)
+    img = _two_colour(region, noise=6.0)
+    whole = BilateralRefiner(crop=True)(img, probs)
+    banded = BilateralRefiner(crop=True, band=6.0)(img, probs)
+    assert (whole.argmax(0) != banded.argmax(0)).mean() < 0.01
+    assert _iou(banded.argmax(0) == 1, region) > _iou(obj > 0.5, region) + 0.05
 
 
 def test_session_refiner_takes_and_returns_tensors() -> None:

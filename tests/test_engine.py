@@ -587,6 +587,14 @@ def test_gate_margin_retrieves_a_band_beyond_the_priors_reach(tiny_model):
         SessionConfig(gate_margin=-1)
 
 
+def test_session_solver_takes_the_band(tiny_model):
+    for band in (0.0, 5.0):
+        session = VideoSession(tiny_model, SessionConfig(refine="bilateral", refine_band=band, runtime="torch"))
+        assert session.refiner.crop and session.refiner.band == band
+    with pytest.raises(VosError, match="band"):
+        SessionConfig(refine_band=-1)
+
+
 def test_frames_embedded_ahead_segment_as_frames_embedded_in_step(tiny_model):
     """The CLI embeds each frame on a thread of its own (``embed_ahead``): the same masks, a frame
     given a mask midway included; an embedding for another frame, or with a fixed key-frame interval, is refused."""
