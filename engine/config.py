@@ -121,7 +121,9 @@ class SessionConfig:
     # How the network runs: "openvino" (a CPU, float32 or bfloat16; engine.openvino_runtime),
     # "onnx" (ONNX Runtime; float32 on a CPU only), "torch", or "auto": openvino on a CPU where it
     # is installed, else onnx for float32 on a CPU, else torch (engine.runtime.resolve_runtime).
-    # All compute the same embedding up to float32 rounding (bfloat16's in bfloat16).
+    # All compute the same embedding up to float32 rounding (bfloat16's in bfloat16). The learned
+    # refiner's network follows it to OpenVINO on a CPU (float32; engine.refiner_runtime), else
+    # runs in torch.
     runtime: str = "auto"
     # Retrieve labels only for the grid cells the temporal prior lets an object reach (within
     # ``prior_radius`` of where an object was, moved along the flow, or anywhere for a lost one);

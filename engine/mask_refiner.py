@@ -167,13 +167,18 @@ class LearnedRefiner:
     Only the window around the pixels whose top-two margin is below ``level`` (plus ``margin``
     pixels of context) is refined, scaled so the frame's longer side would be ``work_size`` (0: the
     frame's own; enlarged at most ``MAX_ENLARGE`` times); the pixels outside keep their probabilities.
+    ``compiled``: the net's encoder and head as one compiled graph (engine.refiner_runtime's
+    ``OpenVinoRefiner``), which computes the same; None: the torch net.
     """
 
-    def __init__(self, net: RefinerNet, *, work_size: int = 512, margin: int = 24, level: float = 0.98) -> None:
+    def __init__(
+        self, net: RefinerNet, *, work_size: int = 512, margin: int = 24, level: float = 0.98, compiled=None
+    ) -> None:
         self.net = net.eval()
         self.work_size = work_size
         self.margin = margin
         self.level = level
+        self.compiled = compiled
 
     @torch.inference_mode()
     def __call__(self, frame: np.ndarray, probs):
@@ -202,9 +207,12 @@ class LearnedRefiner:
             image = F.interpolate(image, size=(wh, ww), mode="bilinear", align_corners=False)
             objects = F.interpolate(objects, size=(wh, ww), mode="bilinear", align_corners=False)
         logits = torch.logit(objects.clamp(1e-6, 1 - 1e-6))
-        f2, f4 = self.net.features(image)
-        k = len(objects)
-        refined = self.net.head(f2.expand(k, -1, -1, -1), f4.expand(k, -1, -1, -1), logits)
+        if self.compiled is not None:
+            refined = self.compiled(image, logits)
+        else:
+            f2, f4 = self.net.features(image)
+            k = len(objects)
+            refined = self.net.head(f2.expand(k, -1, -1, -1), f4.expand(k, -1, -1, -1), logits)
         refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
         return aggregate(torch.sigmoid(refined[:, 0])).to(probs.device)
 

@@ -17,14 +17,13 @@ graph, thread count and precision), so that a run after the first starts sooner:
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
 import torch
 
 from engine.model import OUTPUT_STRIDE, EmbeddingModel
-from engine.runtime import cached_per_model, exported_graph, graph_file
+from engine.runtime import cached_per_model, exported_graph, graph_file, writable_folder
 
 
 class OpenVinoEmbedding:
@@ -48,7 +47,7 @@ class OpenVinoEmbedding:
         graph = None if path.is_file() else exported_graph(model)  # exported into the cache where it can be
         if path.is_file():  # compiled from the file, so OpenVINO can cache what it compiles
             compiled_cache = path.parent / "openvino"
-            if _writable_folder(compiled_cache):
+            if writable_folder(compiled_cache):
                 config["CACHE_DIR"] = str(compiled_cache)
             compiled = core.compile_model(str(path), "CPU", config)
         else:  # a cache folder that cannot be written: the graph as exported
@@ -82,12 +81,3 @@ class OpenVinoEmbedding:
             self._request.set_output_tensor(0, self._tensor(out, shared_memory=True))
             self._request.infer(feeds)
         return torch.from_numpy(out)
-
-
-def _writable_folder(path) -> bool:
-    """Whether ``path`` is (or could be made) a folder this process can write to."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(path, os.W_OK)

@@ -11,6 +11,8 @@ from engine.bilateral_refiner import BilateralRefiner
 from engine.config import REFINERS
 from engine.errors import VosError
 from engine.mask_refiner import SHIPPED_REFINER, LearnedRefiner, RefinerNet, load_refiner
+from engine.refiner_runtime import OpenVinoRefiner
+from engine.runtime import resolve_runtime
 
 __all__ = ["RefinerChain", "learned_refiner", "make_refiner"]
 
@@ -30,10 +32,14 @@ class RefinerChain:
 _LEARNED: dict[tuple[str, int, str], RefinerNet] = {}  # (file, its mtime, device) -> net, read once
 
 
-def learned_refiner(path: str | None, device: torch.device | str, work_size: int | None = None) -> LearnedRefiner:
+def learned_refiner(
+    path: str | None, device: torch.device | str, work_size: int | None = None, runtime: str = "torch"
+) -> LearnedRefiner:
     """The learned refiner of a file (None: the shipped one) on ``device``, working at longer side
     ``work_size`` (None: its default, 0: the frame's own size); the network is read once per
-    process and shared (it keeps no state between frames), again if the file is rewritten."""
+    process and shared (it keeps no state between frames), again if the file is rewritten.
+    ``runtime`` "openvino" (a CPU): the network compiled by OpenVINO (engine.refiner_runtime);
+    "auto": that where OpenVINO is installed; else torch."""
     file = Path(path).resolve() if path else SHIPPED_REFINER
     try:
         stamp = file.stat().st_mtime_ns
@@ -42,7 +48,11 @@ def learned_refiner(path: str | None, device: torch.device | str, work_size: int
     key = (str(file), stamp, str(torch.device(device)))
     if key not in _LEARNED:
         _LEARNED[key] = load_refiner(file, device)
-    return LearnedRefiner(_LEARNED[key], **({"work_size": work_size} if work_size is not None else {}))
+    net = _LEARNED[key]
+    compiled = None
+    if torch.device(device).type == "cpu" and resolve_runtime(runtime, torch.device(device), False) == "openvino":
+        compiled = OpenVinoRefiner.for_net(net)
+    return LearnedRefiner(net, compiled=compiled, **({"work_size": work_size} if work_size is not None else {}))
 
 
 def make_refiner(
@@ -53,6 +63,7 @@ def make_refiner(
     crop: bool = False,
     band: float = 0.0,
     refiner_file: str | None = None,
+    runtime: str = "torch",
 ):
     """``refiner(frame, probs) -> probs`` for :attr:`SessionConfig.refine` ``name``, or None for "none".
 
@@ -61,7 +72,8 @@ def make_refiner(
     ``crop`` (the numpy solver on the uncertain window only) and ``band`` (its grid on the pixels
     near uncertain ones only) have no effect on the torch solver.
     "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one), at the
-    solver's working resolution (``params.max_side``); "learned+bilateral" runs the solver after it.
+    solver's working resolution (``params.max_side``), its network run by ``runtime``
+    (:func:`learned_refiner`); "learned+bilateral" runs the solver after it.
     """
     key = name.strip().lower()
     if key not in REFINERS:
@@ -71,7 +83,7 @@ def make_refiner(
     stages = []
     if key.startswith("learned"):
         work_size = (params.max_side or 0) if params is not None else None  # 0: the frame's own size
-        stages.append(learned_refiner(refiner_file, device, work_size))
+        stages.append(learned_refiner(refiner_file, device, work_size, runtime))
     if key.endswith("bilateral"):
         stages.append(_bilateral(device, params, crop, band))
     return stages[0] if len(stages) == 1 else RefinerChain(stages)

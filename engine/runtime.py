@@ -198,6 +198,15 @@ def cache_dir() -> Path:
     return Path(base) / "vosctl"
 
 
+def writable_folder(path: Path) -> bool:
+    """Whether ``path`` is (or could be made) a folder this process can write to."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
 def _fingerprint(model: EmbeddingModel) -> str:
     """The weights, the configuration and the exporter's version: what the exported graph depends on."""
     onnx_version = importlib.metadata.version("onnx")  # read from its metadata: no import

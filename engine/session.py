@@ -98,6 +98,7 @@ class VideoSession:
                 params,
                 crop=self.config.refine_crop,
                 band=self.config.refine_band,
+                runtime=self.config.runtime,
                 refiner_file=self.config.refiner_file,
             )
         self.refiner = refiner

@@ -1,0 +1,146 @@
+"""The learned refiner's network run by OpenVINO on a CPU, in float32.
+
+The refiner (engine.mask_refiner) is a few small convolutions over the uncertain window of each
+frame. Eager torch runs each as an op of its own, a pass over memory each, and a 1x1 layer of a
+batch of one on one thread takes torch's slow path. OpenVINO fuses and runs the same graph about
+twice as fast. On the refiners' inputs captured from three training clips (one core, every window
+a new input size): train 17-18 -> 8.6 ms a frame, bear 7-10 -> 4.8, dance-jump 6-10 -> 5.4
+(README, twenty-seventh round). The refined logits equal torch's within 2e-5.
+
+The graph (the frozen encoder and the trained head, for one image and K objects) is exported to
+ONNX once per refiner and kept in the cache folder (:func:`engine.runtime.cache_dir`); OpenVINO
+keeps what it compiles beside it, as for the embedding (engine.openvino_runtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import threading
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.files import write_atomic
+from engine.runtime import cache_dir, writable_folder
+
+__all__ = ["OpenVinoRefiner", "RefinerGraph", "refiner_graph_file"]
+
+_FORMAT = 1  # bump when the exported graph changes for the same weights
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {threads: OpenVinoRefiner}
+
+
+class RefinerGraph(nn.Module):
+    """What the exported graph computes, as :meth:`engine.mask_refiner.LearnedRefiner` uses the
+    net: image (1, 3, H, W) RGB in [0, 255], coarse logits (K, 1, H, W) -> refined logits
+    (K, 1, H/2, W/2); the image's features are computed once for the K objects."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        f2, f4 = self.net.features(image)
+        k = logits.shape[0]
+        return self.net.head(f2.expand(k, -1, -1, -1), f4.expand(k, -1, -1, -1), logits)
+
+
+def refiner_graph_file(net: nn.Module) -> Path:
+    """Where the graph of ``net`` (a :class:`engine.mask_refiner.RefinerNet`) is kept: named by
+    its weights, its configuration and the exporter's version."""
+    digest = hashlib.sha256(f"{_FORMAT} {torch.__version__} {importlib.metadata.version('onnx')} {net.config}".encode())
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return cache_dir() / f"refiner-{digest.hexdigest()[:32]}.onnx"
+
+
+def _export(net: nn.Module) -> bytes:
+    graph = RefinerGraph(net).eval()
+    example = (torch.zeros(1, 3, 64, 96), torch.zeros(1, 1, 64, 96))
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
+        torch.onnx.export(
+            graph,
+            example,
+            buffer,
+            input_names=["image", "logits"],
+            output_names=["refined"],
+            dynamic_axes={
+                "image": {2: "height", 3: "width"},
+                "logits": {0: "objects", 2: "height", 3: "width"},
+                "refined": {0: "objects", 2: "half_height", 3: "half_width"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+class OpenVinoRefiner:
+    """:class:`RefinerGraph` of a net compiled by OpenVINO for the CPU in float32, for any window
+    size and number of objects; one inference at a time (the refinement thread and a backward pass
+    may share it). Compiled at the first call, on the thread that refines, not on the way to a
+    run's first frame."""
+
+    def __init__(self, net: nn.Module, *, threads: int | None = None) -> None:
+        self._net = net
+        self._threads = threads or torch.get_num_threads()
+        self._request = None
+        self._lock = threading.Lock()
+
+    def _compile(self):
+        import openvino as ov
+
+        net = self._net
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": self._threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+            "ENABLE_CPU_PINNING": False,
+        }
+        path = refiner_graph_file(net)
+        graph = b""
+        if not path.is_file():
+            graph = _export(net)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, lambda tmp: tmp.write_bytes(graph))
+            except OSError:
+                pass
+        if path.is_file():  # compiled from the file, so OpenVINO can cache what it compiles
+            compiled_cache = path.parent / "openvino"
+            if writable_folder(compiled_cache):
+                config["CACHE_DIR"] = str(compiled_cache)
+            compiled = core.compile_model(str(path), "CPU", config)
+        else:  # a cache folder that cannot be written: the graph as exported
+            compiled = core.compile_model(core.read_model(graph), "CPU", config)
+        return compiled.create_infer_request()
+
+    @classmethod
+    def for_net(cls, net: nn.Module) -> OpenVinoRefiner:
+        """One compiled graph per net and thread count, kept while the net lives."""
+        threads = torch.get_num_threads()
+        per_net = _COMPILED.setdefault(net, {})
+        if threads not in per_net:
+            per_net[threads] = cls(net, threads=threads)
+        return per_net[threads]
+
+    def __call__(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """image (1, 3, H, W) float32 in [0, 255], logits (K, 1, H, W) -> refined (K, 1, H/2, W/2)."""
+        feeds = {
+            "image": np.ascontiguousarray(image.detach().float().cpu().numpy()),
+            "logits": np.ascontiguousarray(logits.detach().float().cpu().numpy()),
+        }
+        with self._lock:
+            if self._request is None:
+                self._request = self._compile()
+            out = self._request.infer(feeds)[0]
+        return torch.from_numpy(np.array(out))
