@@ -18,6 +18,7 @@ graph, thread count and precision), so that a run after the first starts sooner:
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,14 +46,7 @@ class OpenVinoEmbedding:
         }
         path = graph_file(model)
         graph = None if path.is_file() else exported_graph(model)  # exported into the cache where it can be
-        if path.is_file():  # compiled from the file, so OpenVINO can cache what it compiles
-            compiled_cache = path.parent / "openvino"
-            if writable_folder(compiled_cache):
-                config["CACHE_DIR"] = str(compiled_cache)
-            compiled = core.compile_model(str(path), "CPU", config)
-        else:  # a cache folder that cannot be written: the graph as exported
-            compiled = core.compile_model(core.read_model(graph), "CPU", config)
-        self._request = compiled.create_infer_request()
+        self._request = compile_for_cpu(core, path, graph, config).create_infer_request()
         self._dim = model.dim
         self._tensor = ov.Tensor
         # One request, shared by the threads that embed (a backward pass on the engine's thread
@@ -81,3 +75,15 @@ class OpenVinoEmbedding:
             self._request.set_output_tensor(0, self._tensor(out, shared_memory=True))
             self._request.infer(feeds)
         return torch.from_numpy(out)
+
+
+def compile_for_cpu(core, path: Path, graph: bytes | None, config: dict):
+    """The graph kept in ``path`` compiled for the CPU, OpenVINO keeping what it compiles in the
+    cache folder beside it (``openvino/``); where ``path`` is not there (a cache that cannot be
+    written), the exported ``graph`` itself."""
+    if path.is_file():
+        compiled_cache = path.parent / "openvino"
+        if writable_folder(compiled_cache):
+            config = {**config, "CACHE_DIR": str(compiled_cache)}
+        return core.compile_model(str(path), "CPU", config)
+    return core.compile_model(core.read_model(graph), "CPU", config)

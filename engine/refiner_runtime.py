@@ -14,11 +14,7 @@ keeps what it compiles beside it, as for the embedding (engine.openvino_runtime)
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import io
 import threading
-import warnings
 import weakref
 from pathlib import Path
 
@@ -26,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.files import write_atomic
-from engine.runtime import cache_dir, writable_folder
+from engine.openvino_runtime import compile_for_cpu
+from engine.runtime import cache_dir, cached_graph, export_onnx, fingerprint
 
 __all__ = ["OpenVinoRefiner", "RefinerGraph", "refiner_graph_file"]
 
@@ -53,34 +49,17 @@ class RefinerGraph(nn.Module):
 def refiner_graph_file(net: nn.Module) -> Path:
     """Where the graph of ``net`` (a :class:`engine.mask_refiner.RefinerNet`) is kept: named by
     its weights, its configuration and the exporter's version."""
-    digest = hashlib.sha256(f"{_FORMAT} {torch.__version__} {importlib.metadata.version('onnx')} {net.config}".encode())
-    for name, tensor in net.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return cache_dir() / f"refiner-{digest.hexdigest()[:32]}.onnx"
+    return cache_dir() / f"refiner-{fingerprint(net, _FORMAT)}.onnx"
 
 
 def _export(net: nn.Module) -> bytes:
-    graph = RefinerGraph(net).eval()
     example = (torch.zeros(1, 3, 64, 96), torch.zeros(1, 1, 64, 96))
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
-        torch.onnx.export(
-            graph,
-            example,
-            buffer,
-            input_names=["image", "logits"],
-            output_names=["refined"],
-            dynamic_axes={
-                "image": {2: "height", 3: "width"},
-                "logits": {0: "objects", 2: "height", 3: "width"},
-                "refined": {0: "objects", 2: "half_height", 3: "half_width"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
-    return buffer.getvalue()
+    names = {
+        "image": {2: "height", 3: "width"},
+        "logits": {0: "objects", 2: "height", 3: "width"},
+        "refined": {0: "objects", 2: "half_height", 3: "half_width"},
+    }
+    return export_onnx(RefinerGraph(net).eval(), example, names)
 
 
 class OpenVinoRefiner:
@@ -107,22 +86,8 @@ class OpenVinoRefiner:
             "ENABLE_CPU_PINNING": False,
         }
         path = refiner_graph_file(net)
-        graph = b""
-        if not path.is_file():
-            graph = _export(net)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, lambda tmp: tmp.write_bytes(graph))
-            except OSError:
-                pass
-        if path.is_file():  # compiled from the file, so OpenVINO can cache what it compiles
-            compiled_cache = path.parent / "openvino"
-            if writable_folder(compiled_cache):
-                config["CACHE_DIR"] = str(compiled_cache)
-            compiled = core.compile_model(str(path), "CPU", config)
-        else:  # a cache folder that cannot be written: the graph as exported
-            compiled = core.compile_model(core.read_model(graph), "CPU", config)
-        return compiled.create_infer_request()
+        graph = None if path.is_file() else cached_graph(path, lambda: _export(net))
+        return compile_for_cpu(core, path, graph, config).create_infer_request()
 
     @classmethod
     def for_net(cls, net: nn.Module) -> OpenVinoRefiner:

@@ -30,6 +30,7 @@ import io
 import os
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -207,55 +208,66 @@ def writable_folder(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _fingerprint(model: EmbeddingModel) -> str:
-    """The weights, the configuration and the exporter's version: what the exported graph depends on."""
+def fingerprint(module: nn.Module, graph_format: int) -> str:
+    """What a graph exported from ``module`` depends on: its weights, its configuration
+    (``module.config``), the graph's format and the exporter's version."""
     onnx_version = importlib.metadata.version("onnx")  # read from its metadata: no import
-    digest = hashlib.sha256(f"{_GRAPH_FORMAT} {torch.__version__} {onnx_version} {model.config}".encode())
-    for name, tensor in model.state_dict().items():
+    digest = hashlib.sha256(f"{graph_format} {torch.__version__} {onnx_version} {module.config}".encode())
+    for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:32]
 
 
-def _export(model: EmbeddingModel) -> bytes:
-    fast = inference_copy(model).to(memory_format=torch.contiguous_format)
-    graph = _EmbedGraph(fast).eval()
-    example = (torch.zeros(1, 3, 64, 96), torch.zeros(1, 3, 64 // OUTPUT_STRIDE, 96 // OUTPUT_STRIDE))
+def export_onnx(module: nn.Module, example: tuple, names: dict[str, dict[int, str]], outputs: int = 1) -> bytes:
+    """``module`` (in eval mode) as an ONNX graph, traced on ``example``: ``names`` maps each input,
+    then each of the ``outputs`` outputs, to its dynamic axes."""
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
         torch.onnx.export(
-            graph,
+            module,
             example,
             buffer,
-            input_names=["image", "coords"],
-            output_names=["embedding"],
-            dynamic_axes={
-                "image": {0: "batch", 2: "height", 3: "width"},
-                "coords": {0: "batch", 2: "grid_height", 3: "grid_width"},
-                "embedding": {0: "batch", 2: "grid_height", 3: "grid_width"},
-            },
+            input_names=list(names)[: len(names) - outputs],
+            output_names=list(names)[len(names) - outputs :],
+            dynamic_axes=names,
             opset_version=17,
             dynamo=False,
         )
     return buffer.getvalue()
 
 
+def _export(model: EmbeddingModel) -> bytes:
+    fast = inference_copy(model).to(memory_format=torch.contiguous_format)
+    example = (torch.zeros(1, 3, 64, 96), torch.zeros(1, 3, 64 // OUTPUT_STRIDE, 96 // OUTPUT_STRIDE))
+    names = {
+        "image": {0: "batch", 2: "height", 3: "width"},
+        "coords": {0: "batch", 2: "grid_height", 3: "grid_width"},
+        "embedding": {0: "batch", 2: "grid_height", 3: "grid_width"},
+    }
+    return export_onnx(_EmbedGraph(fast).eval(), example, names)
+
+
 def graph_file(model: EmbeddingModel) -> Path:
     """Where :func:`exported_graph` keeps the model's graph (it may not be there yet)."""
-    return cache_dir() / f"embed-{_fingerprint(model)}.onnx"
+    return cache_dir() / f"embed-{fingerprint(model, _GRAPH_FORMAT)}.onnx"
 
 
 def exported_graph(model: EmbeddingModel) -> bytes:
     """The model's embedding as an ONNX graph (any batch and input size): exported (2 s on 2
-    cores) the first time, then read from :func:`cache_dir` (a file per model and version). A
-    cache that cannot be written is skipped."""
-    path = graph_file(model)
+    cores) the first time, then read from :func:`cache_dir` (a file per model and version)."""
+    return cached_graph(graph_file(model), lambda: _export(model))
+
+
+def cached_graph(path: Path, export: Callable[[], bytes]) -> bytes:
+    """The graph in ``path``, or ``export()``'s, then kept there; a cache that cannot be written is
+    skipped."""
     try:
         return path.read_bytes()
     except OSError:
         pass
-    graph = _export(model)
+    graph = export()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: tmp.write_bytes(graph))
