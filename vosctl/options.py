@@ -91,7 +91,7 @@ PresetOption = Annotated[
     typer.Option(
         "--preset",
         help="fast: the network and retrieval on every other frame whatever the motion (the frames between "
-        "follow the optical flow), max side 640: about 1.3x the default's speed on 2 CPU cores over the training "
+        "follow the optical flow), max side 640: about 1.5x the default's speed on 2 CPU cores over the training "
         "sequences, cross-validation J&F 0.840 against 0.866 (frames as H.264 leaves them; small objects among "
         "several lose more); balanced: the defaults (max side 768, a frame carried along the flow only where "
         "the objects moved little, its last output moved and not refined again, sparse queries in settled "
