@@ -142,6 +142,13 @@ class RefinerNet(nn.Module):
         x = F.interpolate(x, size=f2.shape[-2:], mode="bilinear", align_corners=False)
         return l2 + self.fine(torch.cat([x, f2, l2 / 4.0], dim=1))
 
+    def refine_logits(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """image (1, 3, H, W) in [0, 255], coarse logits (K, 1, H, W) of K objects -> refined logits
+        (K, 1, H/2, W/2); the image's features are computed once for the K objects."""
+        f2, f4 = self.features(image)
+        k = logits.shape[0]
+        return self.head(f2.expand(k, -1, -1, -1), f4.expand(k, -1, -1, -1), logits)
+
     def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [0, 255], logits (B, 1, H, W) -> refined logits (B, 1, H, W)."""
         f2, f4 = self.features(image)
@@ -207,12 +214,7 @@ class LearnedRefiner:
             image = F.interpolate(image, size=(wh, ww), mode="bilinear", align_corners=False)
             objects = F.interpolate(objects, size=(wh, ww), mode="bilinear", align_corners=False)
         logits = torch.logit(objects.clamp(1e-6, 1 - 1e-6))
-        if self.compiled is not None:
-            refined = self.compiled(image, logits)
-        else:
-            f2, f4 = self.net.features(image)
-            k = len(objects)
-            refined = self.net.head(f2.expand(k, -1, -1, -1), f4.expand(k, -1, -1, -1), logits)
+        refined = (self.compiled or self.net.refine_logits)(image, logits)
         refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
         return aggregate(torch.sigmoid(refined[:, 0])).to(probs.device)
 

@@ -32,18 +32,15 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {th
 
 
 class RefinerGraph(nn.Module):
-    """What the exported graph computes, as :meth:`engine.mask_refiner.LearnedRefiner` uses the
-    net: image (1, 3, H, W) RGB in [0, 255], coarse logits (K, 1, H, W) -> refined logits
-    (K, 1, H/2, W/2); the image's features are computed once for the K objects."""
+    """What the exported graph computes: the net's :meth:`engine.mask_refiner.RefinerNet.refine_logits`,
+    image (1, 3, H, W) RGB in [0, 255], coarse logits (K, 1, H, W) -> refined logits (K, 1, H/2, W/2)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        f2, f4 = self.net.features(image)
-        k = logits.shape[0]
-        return self.net.head(f2.expand(k, -1, -1, -1), f4.expand(k, -1, -1, -1), logits)
+        return self.net.refine_logits(image, logits)
 
 
 def refiner_graph_file(net: nn.Module) -> Path:
