@@ -15,7 +15,6 @@ keeps what it compiles beside it, as for the embedding (engine.openvino_runtime)
 from __future__ import annotations
 
 import threading
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,11 @@ import torch
 from torch import nn
 
 from engine.openvino_runtime import compile_for_cpu
-from engine.runtime import cache_dir, cached_graph, export_onnx, fingerprint
+from engine.runtime import cache_dir, cached_graph, cached_per_model, export_onnx, fingerprint
 
 __all__ = ["OpenVinoRefiner", "RefinerGraph", "refiner_graph_file"]
 
 _FORMAT = 1  # bump when the exported graph changes for the same weights
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {threads: OpenVinoRefiner}
 
 
 class RefinerGraph(nn.Module):
@@ -88,12 +86,9 @@ class OpenVinoRefiner:
 
     @classmethod
     def for_net(cls, net: nn.Module) -> OpenVinoRefiner:
-        """One compiled graph per net and thread count, kept while the net lives."""
+        """One compiled graph per net and thread count (:func:`engine.runtime.cached_per_model`)."""
         threads = torch.get_num_threads()
-        per_net = _COMPILED.setdefault(net, {})
-        if threads not in per_net:
-            per_net[threads] = cls(net, threads=threads)
-        return per_net[threads]
+        return cached_per_model(net, ("openvino-refiner", threads), lambda: cls(net, threads=threads))
 
     def __call__(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """image (1, 3, H, W) float32 in [0, 255], logits (K, 1, H, W) -> refined (K, 1, H/2, W/2)."""

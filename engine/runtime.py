@@ -154,8 +154,9 @@ class _EmbedGraph(nn.Module):
         return self.model.embed_at(image, coords)
 
 
-def cached_per_model(model: EmbeddingModel, key: tuple, build):
-    """``build()``'s runtime session for ``model`` and ``key`` (runtime, threads, ...), kept while
+def cached_per_model(model: nn.Module, key: tuple, build):
+    """``build()``'s runtime session for ``model`` (the embedding, or the learned refiner's net) and
+    ``key`` (runtime, threads, ...), kept while
     the model lives (a run over many videos, ``vosctl eval``, builds it once). Weights changed in
     place since (training validates the model it trains) make a new one: every tensor counts its
     in-place changes in ``_version``."""
