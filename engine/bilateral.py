@@ -41,6 +41,7 @@ from engine.bilateral_params import (
     _CG_TOL,
     _EPS,
     _GRID_DIMS,
+    UNCERTAIN_LEVEL,
     BilateralParams,
     _working_size,
     check_probabilities,
@@ -335,7 +336,7 @@ def refine_probabilities(
     params: BilateralParams,
     *,
     band: float = 0.0,
-    level: float = 0.98,
+    level: float = UNCERTAIN_LEVEL,
 ) -> np.ndarray:
     """Refine soft segmentation probabilities so that their boundaries follow the reference's edges.
 

@@ -14,9 +14,10 @@ import numpy as np
 
 from engine.errors import VosError
 
-__all__ = ["BilateralParams", "check_probabilities", "check_reference", "check_solve_shapes"]
+__all__ = ["UNCERTAIN_LEVEL", "BilateralParams", "check_probabilities", "check_reference", "check_solve_shapes"]
 
 _GRID_DIMS = 5
+UNCERTAIN_LEVEL = 0.98  # the refiners' uncertain pixels: top-two margin (confidence) below this
 _MIN_SIDE = 8  # smallest max_side: below this the working image has almost no spatial extent
 _BISTOCHASTIC_ITERS = 10
 # Floors keep divisions finite at vertices no confident pixel reaches (zero splatted confidence).

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from engine.bilateral import refine_probabilities
-from engine.bilateral_params import _MIN_SIDE, BilateralParams, check_probabilities
+from engine.bilateral_params import _MIN_SIDE, UNCERTAIN_LEVEL, BilateralParams, check_probabilities
 
 __all__ = ["BilateralRefiner", "top_two_margin", "uncertain_window"]
 
@@ -26,7 +26,7 @@ def top_two_margin(probs: np.ndarray) -> np.ndarray:
     return first - second
 
 
-def uncertain_window(confidence: np.ndarray, margin: int, level: float = 0.98) -> tuple[slice, slice] | None:
+def uncertain_window(confidence: np.ndarray, margin: int, level: float = UNCERTAIN_LEVEL) -> tuple[slice, slice] | None:
     """The bounding box of the pixels whose ``confidence`` is below ``level``, widened by ``margin``
     pixels and clipped to the frame; None when every pixel is confident."""
     rows = np.flatnonzero((confidence < level).any(axis=1))
@@ -56,7 +56,7 @@ class BilateralRefiner:
     bounding box.
     """
 
-    level = 0.98  # a pixel whose confidence is below this is uncertain
+    level = UNCERTAIN_LEVEL  # a pixel whose confidence is below this is uncertain
 
     def __init__(self, params: BilateralParams | None = None, *, crop: bool = False, band: float = 0.0) -> None:
         self.params = params or BilateralParams()

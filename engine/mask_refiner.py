@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.backbones import EfficientNetLite, Normalisation, lite_early_layers
+from engine.bilateral_params import UNCERTAIN_LEVEL
 from engine.bilateral_refiner import top_two_margin, uncertain_window
 from engine.errors import VosError
 from engine.factory import atomic_save, read_torch_file
@@ -179,7 +180,7 @@ class LearnedRefiner:
     """
 
     def __init__(
-        self, net: RefinerNet, *, work_size: int = 512, margin: int = 24, level: float = 0.98, compiled=None
+        self, net: RefinerNet, *, work_size: int = 512, margin: int = 24, level: float = UNCERTAIN_LEVEL, compiled=None
     ) -> None:
         self.net = net.eval()
         self.work_size = work_size
