@@ -265,8 +265,8 @@ class BilateralGrid:
             y[:, sub] = self._pcg(*take)
         if self.pixels is None:
             out = self.slice(y)
-        else:
-            out = every.copy()
+        else:  # the targets were resized into an array of their own: filled in place
+            out = every
             out[:, self.pixels] = self.slice(y)
         out = _resize(out.reshape(k, *size), self.shape, cv2.INTER_LINEAR)
         return out[0] if single else out
