@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from engine.model import OUTPUT_STRIDE, EmbeddingModel
-from engine.runtime import cached_per_model, exported_graph, graph_file, writable_folder
+from engine.runtime import cached_per_model, exported_graph, graph_file, import_openvino, writable_folder
 
 
 class OpenVinoEmbedding:
@@ -35,7 +35,7 @@ class OpenVinoEmbedding:
     """
 
     def __init__(self, model: EmbeddingModel, *, threads: int | None = None, bfloat16: bool = False) -> None:
-        import openvino as ov
+        ov = import_openvino()
 
         core = ov.Core()
         config = {

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from engine.openvino_runtime import compile_for_cpu
-from engine.runtime import cache_dir, cached_graph, cached_per_model, export_onnx, fingerprint
+from engine.runtime import cache_dir, cached_graph, cached_per_model, export_onnx, fingerprint, import_openvino
 
 __all__ = ["OpenVinoRefiner", "RefinerGraph", "refiner_graph_file"]
 
@@ -70,7 +70,7 @@ class OpenVinoRefiner:
         self._lock = threading.Lock()
 
     def _compile(self):
-        import openvino as ov
+        ov = import_openvino()
 
         net = self._net
         core = ov.Core()

@@ -28,6 +28,7 @@ import importlib.metadata
 import importlib.util
 import io
 import os
+import sys
 import warnings
 import weakref
 from collections.abc import Callable
@@ -311,8 +312,32 @@ class OnnxEmbedding:
         return torch.from_numpy(embedding)
 
 
+def import_openvino():
+    """``import openvino``, without its usage telemetry.
+
+    OpenVINO's package sends an event to Google Analytics when it is imported, from a forked
+    process on a thread of its own (waiting up to 3 s where there is no network), and counts its
+    imports in files under ``~/intel``, unless a consent file there says no. A tool that runs
+    offline on the user's videos has no business doing either, and the thread, left running,
+    also kept the process from exiting quickly (0.25 s a run here). OpenVINO's modules fall back
+    to a stub when ``openvino_telemetry`` cannot be imported; an empty entry for it in
+    ``sys.modules`` makes it so. A process that imported it already is left as it is.
+    """
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None
+    import openvino
+
+    return openvino
+
+
 def openvino_available() -> bool:
-    return _installed("onnx") and _importable("openvino")
+    if not _installed("onnx"):
+        return False
+    try:
+        import_openvino()
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_runtime(name: str, device: torch.device, reduced: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,23 @@ def test_finding_the_runtime_does_not_import_onnx():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not openvino_available(), reason="onnx/openvino not installed")
+def test_openvino_sends_no_telemetry_and_writes_nothing_in_the_home_folder(tmp_path):
+    """OpenVINO's import sends a usage event from a thread and counts imports under ~/intel unless
+    told otherwise; the engine's import of it does neither, and leaves no thread behind."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading; from engine.runtime import openvino_available, import_openvino; "
+        "assert openvino_available(); import_openvino().Core(); "
+        "print(sys.modules['openvino_telemetry'] is None, "
+        "[t.name for t in threading.enumerate() if t is not threading.main_thread()])"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HOME": str(tmp_path), "CI": "false"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
+    assert done.stdout.strip() == "True []"
+    assert list(tmp_path.iterdir()) == []
