@@ -103,14 +103,19 @@ class FrameEmbedder:
         empty = torch.empty(0, dtype=torch.long, device=self.device)
         return [PixelSet(keys[i], coords[i].reshape(3, -1).T, empty) for i in range(len(images))]
 
+    def load(self) -> None:
+        """Compile the network for its runtime now rather than at the first frame (OpenVINO: its
+        compiled network read back from the cache, or exported and compiled; nothing for torch)."""
+        if self.runtime in ("openvino", "onnx") and self._exported is None:
+            self._exported = (
+                OpenVinoEmbedding.for_model(self.model, bfloat16=self.dtype is not None)
+                if self.runtime == "openvino"
+                else OnnxEmbedding.for_model(self.model)
+            )
+
     def _network(self, batch: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         if self.runtime in ("openvino", "onnx"):
-            if self._exported is None:
-                self._exported = (
-                    OpenVinoEmbedding.for_model(self.model, bfloat16=self.dtype is not None)
-                    if self.runtime == "openvino"
-                    else OnnxEmbedding.for_model(self.model)
-                )
+            self.load()
             return self._exported(batch, coords)
         if self.dtype is not None:
             with torch.autocast(self.device.type, dtype=self.dtype):

@@ -170,6 +170,11 @@ class VideoSession:
         """
         return self.step_batch([frame], [mask])[0]
 
+    def load_network(self) -> None:
+        """Compile the network now, not at the first frame: a caller that builds the session on
+        another thread while it reads its inputs (vosctl.pipeline) takes it off the first frame's way."""
+        self.embedder.load()
+
     def embed_ahead(self, frame: np.ndarray, position: int) -> Embedded:
         """Embed the frame :meth:`step_batch` will see as the session's ``position``-th (its
         ``frame_index`` then), on another thread while this session propagates the frames before

@@ -1,4 +1,5 @@
-"""Decode ahead and encode behind, each in its own thread, so the network is not kept waiting.
+"""Decode ahead and encode behind, each in its own thread, so the network is not kept waiting;
+and one call run beside the caller (:class:`Background`: the session built while the inputs are checked).
 
 Both queues are bounded, so memory stays flat in the video's length whatever the speed of either
 side. An exception on a thread is raised again in the caller's thread, at its next call.
@@ -110,6 +111,34 @@ class Worker:
             except queue.Empty:
                 break
         self._queue.put(_END)
+        self._thread.join()
+
+
+class Background(Generic[T]):
+    """``make()`` run on a thread of its own; :meth:`result` waits for it and returns its value or
+    raises its error."""
+
+    def __init__(self, make: Callable[[], T], *, name: str = "vosctl-start") -> None:
+        self._make = make
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._make()
+        except BaseException as error:  # raised again in the caller's thread
+            self._error = error
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def wait(self) -> None:
+        """Wait for the call to end, keeping whatever it raised to itself (the caller has an error of its own)."""
         self._thread.join()
 
 
