@@ -106,3 +106,23 @@ def test_a_failed_check_is_the_error_and_waits_for_the_session(tmp_path, dog_sma
     with pytest.raises(VosError, match="does not exist"):
         segment_file(video=clip, mask=tmp_path / "missing.png", model=tiny_model, config=SessionConfig(), device="cpu")
     assert started.is_set() and not _session_threads()
+
+
+def test_the_cli_checks_its_inputs_once(tmp_path, dog_small_clip, run_cli, tiny_model_file, monkeypatch):
+    """Before loading the model, so that bad arguments fail at once; segment_file takes that check's result."""
+    from vosctl.commands import segment as command
+
+    clip, mask = dog_small_clip
+    calls = []
+    check = command.check_segment
+
+    def counted(**kwargs):
+        calls.append(kwargs["video"])
+        return check(**kwargs)
+
+    monkeypatch.setattr(command, "check_segment", counted)
+    monkeypatch.setattr(pipeline, "check_segment", counted)
+    result = run_cli(["segment", clip, "--mask", mask, "--model", tiny_model_file, "--masks-dir", tmp_path / "m"])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    assert len(list((tmp_path / "m").glob("*.png"))) > 0

@@ -28,7 +28,7 @@ from vosctl.encode import VideoWriter
 from vosctl.masks import write_palette_png
 from vosctl.outputs import AtomicOutputs, default_output
 from vosctl.palette import colourise, draw_overlay
-from vosctl.preflight import check_segment
+from vosctl.preflight import CheckedRun, check_segment
 from vosctl.streams import Background, Prefetch, Worker
 from vosctl.video import AudioPacket, Frame, open_source
 
@@ -95,6 +95,7 @@ def segment_file(
     overlay_preset: str | None = None,
     encode_thread: bool = True,
     profile: bool = False,
+    checked: CheckedRun | None = None,
 ) -> SegmentResult:
     """Segment ``video`` given frame 0's ``mask`` and/or ``masks`` (``PATH`` or ``N=PATH``) and a
     ``masks_in`` folder; write the requested outputs atomically. ``direction`` (default both, when
@@ -102,26 +103,30 @@ def segment_file(
 
     Inputs and outputs are checked first (:func:`vosctl.preflight.check_segment`): nothing is
     written for a run that cannot succeed, and no output may replace a file vosctl did not write.
+    ``checked``: that check's result for these same arguments, from a caller that made it already
+    (the CLI, before loading the model), so it is not made twice.
     """
     video = Path(video)
     start = time.perf_counter()
     # The session, its network compiled or read back from the cache (import and all, ~0.1 s on a
-    # 2-core CPU), is built beside the checks instead of after them. The time printed counts both.
+    # 2-core CPU), is built beside the checks (where this call makes them) instead of after them;
+    # the time printed counts from here.
     building = Background(lambda: _new_session(model, config, device, profile), name="vosctl-session")
     try:
-        checked = check_segment(
-            video=video,
-            mask=mask,
-            masks=masks,
-            masks_in=masks_in,
-            direction=direction,
-            output=output,
-            overlay=overlay,
-            masks_dir=masks_dir,
-            mask_video=mask_video,
-            overwrite=overwrite,
-            fps=fps,
-        )
+        if checked is None:
+            checked = check_segment(
+                video=video,
+                mask=mask,
+                masks=masks,
+                masks_in=masks_in,
+                direction=direction,
+                output=output,
+                overlay=overlay,
+                masks_dir=masks_dir,
+                mask_video=mask_video,
+                overwrite=overwrite,
+                fps=fps,
+            )
     except BaseException:
         building.wait()
         raise

@@ -85,7 +85,7 @@ def segment(
         # Bad arguments fail here, in a fraction of a second, not after the model has loaded.
         outputs = {"output": output, "overlay": not no_overlay, "masks_dir": masks_dir, "mask_video": mask_video}
         given = {"masks": mask or [], "masks_in": masks_in, "direction": direction.value if direction else None}
-        check_segment(video=video, **given, **outputs, overwrite=overwrite, fps=fps)
+        checked = check_segment(video=video, **given, **outputs, overwrite=overwrite, fps=fps)
         torch_device = resolve_device(device)
         net = build_model(model, torch_device)
         config = session_config_for(
@@ -122,6 +122,7 @@ def segment(
                 batch=batch or default_batch(torch_device),
                 overlay_preset=overlay_preset_for(preset.value if preset is not None else None),
                 profile=profile,
+                checked=checked,
             )
             progress.update(task, total=result.frames, completed=result.frames)
         finally:
