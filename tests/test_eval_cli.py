@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.session import SessionConfig
+
 SEQUENCES = ("dog-agility", "soccerball")
 FRAMES = 12
 # Small frames keep the runs short; accuracy is not what these tests check.
@@ -116,3 +118,20 @@ def test_eval_errors_name_what_is_missing(run_cli, davis_split: Path, tmp_path: 
     assert result.exit_code == 1 and "soccerball" in result.output or "dog-agility" in result.output
     no_root = run_cli(["eval", "davis16", "--data", tmp_path / "absent", "--out", tmp_path / "o", *FAST])
     assert no_root.exit_code == 1 and "absent" in no_root.output
+
+
+def test_the_resume_fingerprint_follows_the_refiner_weights_and_the_engine_code(tmp_path, monkeypatch):
+    """Results of another refiner file (retrained in place) or of another version of the engine are
+    computed again, not taken for the same run."""
+    from vosctl import eval_run
+
+    refiner = tmp_path / "refiner.pt"
+    refiner.write_bytes(b"weights one")
+    config = SessionConfig(refiner_file=str(refiner))
+    first = eval_run.fingerprint("imagenet", config)
+    assert eval_run.fingerprint("imagenet", config) == first
+    refiner.write_bytes(b"weights two")
+    assert eval_run.fingerprint("imagenet", config) != first
+    second = eval_run.fingerprint("imagenet", config)
+    monkeypatch.setattr(eval_run, "code_digest", lambda: b"another engine")
+    assert eval_run.fingerprint("imagenet", config) != second

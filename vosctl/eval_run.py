@@ -2,8 +2,8 @@
 
 Results go to ``OUT/<seq>/<nnnnn>.png`` (the DAVIS results layout: 0/255 grey for single-object
 sequences, palette PNGs otherwise), figures to ``OUT/results.{json,csv,png}``. Each finished
-sequence leaves ``OUT/<seq>/.done.json`` stamped with a fingerprint of the model and settings, so
-``--resume`` skips it only when the same model and settings made it.
+sequence leaves ``OUT/<seq>/.done.json`` stamped with a fingerprint of the model, the settings, the
+refiner's weights and the engine's code, so ``--resume`` skips it only when the same ones made it.
 
 Sequences are independent, so they are shared among worker processes (``nproc``, optionally one
 GPU each) or among ``torchrun`` ranks; each sequence is computed the same way wherever it runs.
@@ -39,15 +39,33 @@ DONE = ".done.json"
 
 
 def fingerprint(model_spec: str, config: SessionConfig) -> str:
-    """Hash of the model (its file's bytes, or its name) and the resolved session settings."""
+    """Hash of the model (its file's bytes, or its name), the resolved session settings, the
+    refiner file's bytes where one is set, and the code that makes the masks (:func:`code_digest`):
+    results of another model, refiner or version of the engine are computed again, not reused."""
     digest = hashlib.sha256()
-    path = Path(model_spec)
-    if path.is_file():
-        digest.update(path.read_bytes())
-    else:
-        digest.update(model_spec.encode())
+    for spec in (model_spec, config.refiner_file):
+        if spec is None:
+            continue
+        path = Path(spec)
+        digest.update(path.read_bytes() if path.is_file() else str(spec).encode())
     digest.update(json.dumps(asdict(config), sort_keys=True).encode())
+    digest.update(code_digest())
     return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> bytes:
+    """Hash of the engine package's sources and shipped weights, and this module's source (a
+    session's masks follow from them)."""
+    import engine
+
+    digest = hashlib.sha256()
+    root = Path(engine.__file__).parent
+    shipped = sorted(p for p in (root / "weights").glob("*") if p.is_file())
+    for path in [*sorted(root.rglob("*.py")), *shipped, Path(__file__)]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.digest()
 
 
 @lru_cache(maxsize=2)
