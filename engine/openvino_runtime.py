@@ -35,20 +35,11 @@ class OpenVinoEmbedding:
     """
 
     def __init__(self, model: EmbeddingModel, *, threads: int | None = None, bfloat16: bool = False) -> None:
-        ov = import_openvino()
-
-        core = ov.Core()
-        config = {
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "bf16" if bfloat16 else "f32",
-            "ENABLE_CPU_PINNING": False,
-        }
         path = graph_file(model)
         graph = None if path.is_file() else exported_graph(model)  # exported into the cache where it can be
-        self._request = compile_for_cpu(core, path, graph, config).create_infer_request()
+        self._request = compile_for_cpu(path, graph, threads=threads, bfloat16=bfloat16).create_infer_request()
         self._dim = model.dim
-        self._tensor = ov.Tensor
+        self._tensor = import_openvino().Tensor
         # One request, shared by the threads that embed (a backward pass on the engine's thread
         # while the network thread embeds the forward pass ahead): one inference at a time.
         self._lock = threading.Lock()
@@ -77,10 +68,18 @@ class OpenVinoEmbedding:
         return torch.from_numpy(out)
 
 
-def compile_for_cpu(core, path: Path, graph: bytes | None, config: dict):
+def compile_for_cpu(path: Path, graph: bytes | None, *, threads: int | None = None, bfloat16: bool = False):
     """The graph kept in ``path`` compiled for the CPU, OpenVINO keeping what it compiles in the
     cache folder beside it (``openvino/``); where ``path`` is not there (a cache that cannot be
-    written), the exported ``graph`` itself."""
+    written), the exported ``graph`` itself. ``threads`` inference threads (None: as many as torch
+    has), not pinned to cores; bfloat16 or float32 arithmetic."""
+    core = import_openvino().Core()
+    config = {
+        "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "bf16" if bfloat16 else "f32",
+        "ENABLE_CPU_PINNING": False,
+    }
     if path.is_file():
         compiled_cache = path.parent / "openvino"
         if writable_folder(compiled_cache):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from engine.openvino_runtime import compile_for_cpu
-from engine.runtime import cache_dir, cached_graph, cached_per_model, export_onnx, fingerprint, import_openvino
+from engine.runtime import cache_dir, cached_graph, cached_per_model, export_onnx, fingerprint
 
 __all__ = ["OpenVinoRefiner", "RefinerGraph", "refiner_graph_file"]
 
@@ -70,19 +70,10 @@ class OpenVinoRefiner:
         self._lock = threading.Lock()
 
     def _compile(self):
-        ov = import_openvino()
-
         net = self._net
-        core = ov.Core()
-        config = {
-            "INFERENCE_NUM_THREADS": self._threads,
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
-            "ENABLE_CPU_PINNING": False,
-        }
         path = refiner_graph_file(net)
         graph = None if path.is_file() else cached_graph(path, lambda: _export(net))
-        return compile_for_cpu(core, path, graph, config).create_infer_request()
+        return compile_for_cpu(path, graph, threads=self._threads).create_infer_request()
 
     @classmethod
     def for_net(cls, net: nn.Module) -> OpenVinoRefiner:
