@@ -10,24 +10,28 @@ from engine.runtime import RUNTIMES
 
 REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # Named trades of speed for accuracy (README, Results): settings over the defaults, under the
-# caller's own options. "balanced" is the defaults themselves: a frame is carried along the flow
-# only where the objects move little (``carry_motion``), at most every other frame.
-# "fast" runs the network and retrieval on every other frame whatever the motion (the frames between
-# carry the last key frame's labels along the optical flow, then are refined) at max side 640. It replaced max side
-# 512 with every cell retrieved and no gate margin: CV J&F on the H.264 copy 0.834 -> 0.841 (two
-# seeds; 20 / 8 and 18 / 12 sequences better / worse) at 17.1 -> 20.2 fps idle and 14.3 -> 15.4
-# loaded (bear, float32, 2 cores, interleaved), but small multi-object clips lose (40 crowd clips,
-# mean J per object 0.541 -> 0.527): carried frames lose small objects. README, twenty-first round.
-# Its carried frames are refined again (``carry_refined`` off): the last output moved along the flow
-# instead cost it 1.45 points of CV J&F (seeds 0 and 2; 29 and 27 sequences of 30 worse), where
-# the frames it carries move fast. README, twenty-fourth round.
-# "accurate" retrieves every cell (``interior_stride`` 1; at 896 the sparse queries of the default
-# cost CV J&F 0.876 -> 0.870) within the wider gate margin it was measured with (4), and the
-# network sees every frame.
+# caller's own options. Cross-validation J&F on the H.264 copy (two or three seeds of fold models)
+# and fps printed over the 30 training sequences (float32, 2 cores, one sitting; README,
+# twenty-ninth round):
+# - "balanced" is the defaults themselves: max side 640, the network and retrieval on every other
+#   frame whatever the motion (the frames between carry the last key frame's probabilities along
+#   the optical flow, then are refined). CV 0.840, 27.9 fps. Of the settings measured, the fastest
+#   whose CV J&F on DAVIS's JPEG frames (0.844) keeps that of the defaults when the speed issue was
+#   filed (0.845) within the 0.5 points the issue allows.
+# - "fast": the same at max side 512, and the overlay encoded with x264's ultrafast preset
+#   (vosctl.pipeline). CV 0.826, 29.4 fps (the overlay encoded as the defaults do): what the smaller
+#   network saves is small beside decoding, refinement and encoding, which stay.
+# - "accurate": the defaults before the twenty-ninth round: max side 768, a frame carried only where
+#   the objects moved at most half a grid cell, its last output moved and not refined again (on a
+#   CPU; a GPU sees every frame). CV 0.866, 20.1 fps.
+# Carried frames lose small objects among several (README, twenty-first round); a carried frame's
+# last output moved instead of refined again cost the fixed interval 1.45 points of CV J&F
+# (twenty-fourth round). Max side 896 with every cell retrieved (the "accurate" of the twenty-first
+# to twenty-eighth rounds) gained 0.4 points over the old defaults at 0.57x their speed.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"max_size": 640, "keyframe_interval": 2, "carry_motion": 0.0, "carry_refined": False},
+    "fast": {"max_size": 512},
     "balanced": {},
-    "accurate": {"max_size": 896, "refine_size": 640, "interior_stride": 1, "keyframe_interval": 1, "gate_margin": 4},
+    "accurate": {"max_size": 768, "carry_motion": 0.5, "carry_refined": True},
 }
 ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
 
@@ -39,7 +43,9 @@ class SessionConfig:
     # the 30 training sequences (five-fold cross-validation, benchmarks/cross_validate.py) 768 beat
     # 640 on 27 sequences of 30 (J 0.830 -> 0.839, F 0.833 -> 0.849) at 3.6 instead of 5.3 fps on
     # 2 cores (480p input); 896 was no better (J 0.841, F 0.849) and lost fast-moving objects.
-    max_size: int = 768
+    # 640 since the twenty-ninth round, with every other frame carried (``keyframe_interval``): the
+    # speed issue's trade (PRESETS above). 768 is the "accurate" preset's.
+    max_size: int = 640
     # Frames whose longer side is below ``min_size`` are enlarged to it (at most to ``max_size``)
     # before the network, so a small clip's objects cover enough grid cells: on the 20 multi-object
     # dev clips (432x240, benchmarks/multi_object_dev.py) mean J per object 0.625 -> 0.652, F 0.652
@@ -164,6 +170,7 @@ class SessionConfig:
     identity_floor: float = 0.05
     # Run the network and retrieval on every n-th frame at least (1: every frame); the frames
     # between take the last key frame's probabilities moved along the optical flow, then refined.
+    # With ``carry_motion`` 0 (the defaults) every other frame is carried on any device.
     keyframe_interval: int = 2
     # With ``keyframe_interval`` above 1, a frame is carried only where the objects moved at most
     # this many grid cells two frames before (engine.window: the 90th percentile of the flow's
@@ -172,8 +179,11 @@ class SessionConfig:
     # on the H.264 copy, J&F against every frame seen, seeds 0 / 1 / 2: -0.05 / -0.13 / -0.02 with
     # 17.7% of the frames carried (0.7 cells: +0.13 / -0.79 / -0.11, 24%); the 30 training
     # sequences as mp4 through `vosctl segment`, float32, 2 cores: 14.1 -> 15.2 fps (bear +29%,
-    # fast-moving ones unchanged). README, twenty-third round.
-    carry_motion: float = 0.5
+    # fast-moving ones unchanged). README, twenty-third round. The "accurate" preset's rule; the
+    # defaults carry every other frame (0). At max side 640 carried where the objects moved at most 2
+    # (3) cells, refined: CV J&F 0.846 (0.839) at 26.4 (27.2) fps against the fixed interval's 0.840
+    # at 27.9 (README, twenty-ninth round).
+    carry_motion: float = 0.0
     # A carried frame takes the last output (refined) moved along the optical flow at the flow's own
     # resolution (engine.refine_stage), instead of the last grid probabilities moved, upsampled and
     # refined again: no refinement for it (~3 ms instead of ~24 on one core at 480p). Against
@@ -181,8 +191,9 @@ class SessionConfig:
     # multi-object dev clips -0.1 to -0.3 mean J per object; 8% less CPU a frame over the 30
     # training sequences, +3.5% fps printed (two interleaved runs over them), +4.5% idle and loaded
     # in process (four clips). README, twenty-fourth round. Without ``prior_flow`` (no flow)
-    # carried frames are refined.
-    carry_refined: bool = True
+    # carried frames are refined. The "accurate" preset's; with every other frame carried (the
+    # defaults) the moved output cost 1.45 points of CV J&F (twenty-fourth round), so they are refined.
+    carry_refined: bool = False
     # On a CPU the network sees only the box around the cells the gate can reach (decided two frames
     # ahead: the objects grown by two reaches and the margin), widened by ``embed_context`` cells of
     # context (engine.window); a key frame whose box misses a cell retrieval needs is embedded again

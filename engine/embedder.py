@@ -72,9 +72,10 @@ class FrameEmbedder:
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (h, w, 3) uint8 RGB at the processing size.
 
-        Bilinear: the default's 854 -> 768 pixels is a small step, where OpenCV's area average
-        took 2.0 ms a frame on one core against 0.34 (CV J&F -0.25 / +0.14 / +0.13 with seeds
-        0 / 1 / 2; README, twenty-eighth round)."""
+        Bilinear, where OpenCV's area average took 2.0 ms a frame on one core against 0.34 (854 ->
+        768 pixels): CV J&F -0.25 / +0.14 / +0.13 with seeds 0 / 1 / 2 at 768, +0.17 / -0.06 at
+        640 (with every other frame carried, the defaults since the twenty-ninth round; README,
+        twenty-eighth round)."""
         check_frame(frame)
         height, width = frame.shape[:2]
         h, w = processing_size(height, width, self.max_size, self.min_size)

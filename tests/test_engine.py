@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import devices
+from engine.config import PRESETS
 from engine.errors import VosError
 from engine.factory import SHIPPED_MODEL, build_model, default_model_spec, load_model_file, save_model_file
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet
@@ -310,19 +311,23 @@ def test_session_config_starts_from_the_models_settings_then_overrides(tiny_mode
 
 
 def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_model):
-    """``--preset fast``: key frames every other frame whatever the motion at max side 640 over the
-    model's own settings; an option given beside it wins; ``balanced`` is the defaults (frames
-    carried where the objects move little); ``accurate`` sees every frame; an unknown name is refused."""
+    """``balanced`` is the defaults: every other frame carried whatever the motion, its carried
+    frames refined again, at max side 640 unless the model says otherwise; ``--preset fast`` the same
+    at 512 over the model's own settings, an option given beside it winning; ``accurate`` the
+    defaults before (768, frames carried only where the objects moved little, not refined again);
+    an unknown name is refused."""
+    defaults = SessionConfig()
+    assert defaults.max_size == 640 and defaults.keyframe_interval == 2 and defaults.fixed_interval
+    assert not defaults.carry_refined  # every other frame moves fast too: carried frames are refined again
     model = create_model(ModelConfig(backbone="tiny", inference={"k": 3, "max_size": 256}), pretrained=False)
-    fast = session_config_for(model, preset="fast")
-    assert fast.keyframe_interval == 2 and fast.carry_motion == 0 and fast.max_size == 640 and fast.retrieval.k == 3
-    assert not fast.carry_refined  # its carried frames move fast: they are refined again
-    assert session_config_for(model, preset="fast", max_size=512).max_size == 512
     balanced = session_config_for(model, preset="balanced")
-    assert balanced == session_config_for(model) and balanced.keyframe_interval == 2 and balanced.carry_motion == 0.5
+    assert balanced == session_config_for(model) and balanced.max_size == 256 and balanced.fixed_interval
+    fast = session_config_for(model, preset="fast")
+    assert fast.max_size == 512 and fast.fixed_interval and fast.retrieval.k == 3
+    assert session_config_for(model, preset="fast", max_size=384).max_size == 384
     accurate = session_config_for(model, preset="accurate")
-    assert accurate.max_size == 896 and accurate.refine_size == 640 and accurate.interior_stride == 1
-    assert accurate.keyframe_interval == 1 and accurate.gate_margin == 4  # the margin it was measured with
+    assert accurate.max_size == 768 and accurate.carries_by_motion and accurate.carry_motion == 0.5
+    assert accurate.carry_refined and not accurate.fixed_interval
     with pytest.raises(VosError, match="preset"):
         session_config_for(model, preset="fastest")
 
@@ -561,6 +566,7 @@ def test_prior_gate_retrieves_only_where_an_object_can_be(tiny_model):
             prior_flow=False,
             max_size=128,
             interior_stride=1,  # the gate alone
+            keyframe_interval=1,  # the second frame retrieved, not carried
         )
         session = VideoSession(tiny_model, config)
         session.step(frame, mask)
@@ -578,7 +584,9 @@ def test_gate_margin_retrieves_a_band_beyond_the_priors_reach(tiny_model):
     mask[8:24, 8:24] = 1
     counts = {}
     for margin in (0, 2):
-        config = SessionConfig(refine="none", gate_margin=margin, prior_radius=1, prior_flow=False, max_size=128)
+        config = SessionConfig(
+            refine="none", gate_margin=margin, prior_radius=1, prior_flow=False, max_size=128, keyframe_interval=1
+        )
         session = VideoSession(tiny_model, config)
         session.step(frame, mask)
         counts[margin] = retrieved_on_next_step(session, frame)
@@ -605,7 +613,7 @@ def test_frames_embedded_ahead_segment_as_frames_embedded_in_step(tiny_model):
     later = np.zeros_like(mask)
     later[8:30, 40:80] = 2
     masks = [mask, None, None, later, None]
-    config = SessionConfig(refine="none", runtime="torch", half=False)
+    config = SessionConfig(refine="none", runtime="torch", half=False, **PRESETS["accurate"])
     inline, ahead = VideoSession(tiny_model, config), VideoSession(tiny_model, config)
     for i, (frame, given) in enumerate(zip(frames, masks, strict=True)):
         expected = inline.step_batch([frame], [given])[0]

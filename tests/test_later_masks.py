@@ -112,7 +112,8 @@ def test_a_correction_of_one_object_keeps_the_other_objects_prediction(tiny_mode
     frame = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     first = np.zeros((48, 64), np.uint8)
     first[5:20, 5:20], first[25:40, 40:60] = 1, 2
-    tracked, corrected = session_for(tiny_model), session_for(tiny_model)
+    # every frame seen: a frame given a mask is always seen, so the tracked one must be too
+    tracked, corrected = session_for(tiny_model, keyframe_interval=1), session_for(tiny_model, keyframe_interval=1)
     tracked.step(frame, first)
     corrected.step(frame, first)
     predicted = tracked.to_ids(tracked.step(frame))

@@ -46,6 +46,7 @@ def test_only_the_gated_cells_are_projected_and_the_memory_keeps_projected_keys(
             memory_threshold=0.5,
             bank_stride=1,
             interior_stride=1,
+            keyframe_interval=1,
         ),
     )
     projected: list[int] = []

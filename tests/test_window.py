@@ -171,7 +171,7 @@ def test_motion_is_a_high_percentile_of_the_flow_over_the_objects_cells():
     assert window_module.motion(flow, grid_probs([])) is None
 
 
-CARRYING = BOXED.with_overrides(keyframe_interval=2, carry_motion=1.0)
+CARRYING = BOXED.with_overrides(keyframe_interval=2, carry_motion=1.0, carry_refined=True)
 
 
 def plans(config: SessionConfig, moves: list[float | None], *, enabled: bool = True) -> list[bool]:

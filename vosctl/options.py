@@ -90,14 +90,12 @@ PresetOption = Annotated[
     Preset | None,
     typer.Option(
         "--preset",
-        help="fast: the network and retrieval on every other frame whatever the motion (the frames between "
-        "follow the optical flow), max side 640: about 1.5x the default's speed on 2 CPU cores over the training "
-        "sequences, cross-validation J&F 0.840 against 0.866 (frames as H.264 leaves them; small objects among "
-        "several lose more); balanced: the defaults (max side 768, a frame carried along the flow only where "
-        "the objects moved little, its last output moved and not refined again, sparse queries in settled "
-        "regions, the learned refiner then the bilateral solver, at 512); accurate: max side 896, every frame "
-        "seen, every cell retrieved, refinement at 640, 0.6x the default's speed, J&F 0.870 (README, "
-        "Results). Options given beside it win.",
+        help="balanced (the defaults): max side 640, the network and retrieval on every other frame (the frames "
+        "between follow the optical flow and are refined), cross-validation J&F 0.840 (frames as H.264 leaves "
+        "them); fast: the same at max side 512, the overlay encoded faster (larger files), about 1.05x "
+        "balanced's speed on 2 CPU cores, J&F 0.826; accurate: the defaults before, max side 768, a frame "
+        "carried only where the objects moved little, 0.72x balanced's speed, J&F 0.866, small objects among "
+        "several kept better. On a GPU accurate sees every frame (README, Results). Options given beside it win.",
     ),
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
