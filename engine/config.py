@@ -15,21 +15,24 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # twenty-ninth round):
 # - "balanced" is the defaults themselves: max side 640, the network and retrieval on every other
 #   frame whatever the motion (the frames between carry the last key frame's probabilities along
-#   the optical flow, then are refined). CV 0.840, 27.9 fps. Of the settings measured, the fastest
+#   the optical flow, then are refined). CV 0.840, 27.9-28.6 fps. Of the settings measured, the fastest
 #   whose CV J&F on DAVIS's JPEG frames (0.844) keeps that of the defaults when the speed issue was
 #   filed (0.845) within the 0.5 points the issue allows.
-# - "fast": the same at max side 512, and the overlay encoded with x264's ultrafast preset
-#   (vosctl.pipeline). CV 0.826, 29.4 fps (the overlay encoded as the defaults do): what the smaller
-#   network saves is small beside decoding, refinement and encoding, which stay.
+# - "fast": the same with the carried frames refined by the learned refiner alone
+#   (``carried_bilateral`` off), and the overlay encoded with x264's ultrafast preset
+#   (vosctl.pipeline). CV 0.835; 32.4 fps against 28.6 through `--preset fast`, 30.8 against 27.1
+#   with the overlay encoded as the defaults do.
+#   Max side 512 instead (0.826) gained 5% for three times the loss: decoding, refinement and
+#   encoding stay whatever the network does.
 # - "accurate": the defaults before the twenty-ninth round: max side 768, a frame carried only where
 #   the objects moved at most half a grid cell, its last output moved and not refined again (on a
-#   CPU; a GPU sees every frame). CV 0.866, 20.1 fps.
+#   CPU; a GPU sees every frame). CV 0.866, 20.1 fps (28.6 for the defaults in that sitting).
 # Carried frames lose small objects among several (README, twenty-first round); a carried frame's
 # last output moved instead of refined again cost the fixed interval 1.45 points of CV J&F
 # (twenty-fourth round). Max side 896 with every cell retrieved (the "accurate" of the twenty-first
 # to twenty-eighth rounds) gained 0.4 points over the old defaults at 0.57x their speed.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"max_size": 512},
+    "fast": {"carried_bilateral": False},
     "balanced": {},
     "accurate": {"max_size": 768, "carry_motion": 0.5, "carry_refined": True},
 }
@@ -194,6 +197,14 @@ class SessionConfig:
     # carried frames are refined. The "accurate" preset's; with every other frame carried (the
     # defaults) the moved output cost 1.45 points of CV J&F (twenty-fourth round), so they are refined.
     carry_refined: bool = False
+    # Off: a frame carried at the grid (``carry_refined`` off) is refined by the learned refiner
+    # alone, not the bilateral solver after it (with ``refine`` "learned+bilateral"; a frame the
+    # network saw gets both). The "fast" preset's: against the solver after it, CV J&F on the H.264
+    # copy -0.46 / -0.45 / -0.43 (seeds 0 / 1 / 2; 1 / 28-29 sequences better / worse each time), on
+    # the JPEG frames -0.52 (seed 0), the 30 training sequences 27.1 -> 30.8 fps printed (+13%; 28
+    # clips faster, none slower). The solver alone on the carried frames lost 1.5 points. README,
+    # twenty-ninth round.
+    carried_bilateral: bool = True
     # On a CPU the network sees only the box around the cells the gate can reach (decided two frames
     # ahead: the objects grown by two reaches and the margin), widened by ``embed_context`` cells of
     # context (engine.window); a key frame whose box misses a cell retrieval needs is embedded again

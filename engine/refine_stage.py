@@ -1,5 +1,6 @@
-"""The session's last stage: a frame the network saw is refined; a frame carried whole takes the
-last output moved along the optical flow, not refined again.
+"""The session's last stage: a frame the network saw is refined; a frame carried at the grid (its
+probabilities moved along the optical flow) is refined by the carried frames' refiner; a frame
+carried whole takes the last output moved along the flow, not refined again.
 
 A carried frame's output needs the output of the frame before it, which the refinement (perhaps on
 another thread, in frame order) has not made yet when the frame is stepped. So stepping gives a
@@ -17,7 +18,7 @@ import torch
 from engine.errors import VosError
 from engine.motion import warp_frame
 
-__all__ = ["CarriedFrame", "RefineStage"]
+__all__ = ["CarriedFrame", "CarriedProbs", "RefineStage"]
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,22 @@ class CarriedFrame:
     before: torch.Tensor | None = None  # the frame before's output when it was given (a mask); None: refined
 
 
+@dataclass(frozen=True)
+class CarriedProbs:
+    """A frame carried at the grid: the last key frame's probabilities moved along the flow and
+    upsampled, for the carried frames' refiner."""
+
+    probs: torch.Tensor  # (K + 1, H, W)
+
+
 class RefineStage:
     """``stage(frame, probs) -> probs`` in frame order: ``refiner`` (None: unchanged) for probabilities,
-    the last output moved along the flow for a :class:`CarriedFrame`. Not for two threads at once."""
+    ``carried`` (default: ``refiner``) for :class:`CarriedProbs`, the last output moved along the flow
+    for a :class:`CarriedFrame`. Not for two threads at once."""
 
-    def __init__(self, refiner) -> None:
+    def __init__(self, refiner, carried=None) -> None:
         self.refiner = refiner
+        self.carried = carried if carried is not None else refiner
         self._last: torch.Tensor | None = None
 
     def __call__(self, frame: np.ndarray, probs: torch.Tensor | CarriedFrame) -> torch.Tensor:
@@ -42,6 +53,8 @@ class RefineStage:
             if before is None:
                 raise VosError("A carried frame needs the output of the frame before it, refined first.")
             out = warp_frame(before, probs.flow)
+        elif isinstance(probs, CarriedProbs):
+            out = self.carried(frame, probs.probs) if self.carried is not None else probs.probs
         else:
             out = self.refine(frame, probs)
         self._last = out

@@ -29,14 +29,15 @@ from engine.memory import PixelSet
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
-from engine.refine_stage import CarriedFrame, RefineStage
-from engine.refiners import make_refiner
+from engine.refine_stage import CarriedFrame, CarriedProbs, RefineStage
+from engine.refiners import RefinerChain, make_refiner
 from engine.window import Box, FrameSchedule
 
 __all__ = [
     "ALIGN",
     "REFINERS",
     "CarriedFrame",
+    "CarriedProbs",
     "Embedded",
     "SessionConfig",
     "VideoSession",
@@ -86,6 +87,7 @@ class VideoSession:
         self.propagator = Propagator(self.config, self.device)
         # On a GPU the refiner solves on the device (engine.refiners), so probabilities reach the
         # host once, as the ids the outputs need.
+        carried = None  # the carried frames' refiner: the same
         if refiner is None:
             params = BilateralParams(
                 max_side=self.config.refine_size or None,
@@ -101,8 +103,10 @@ class VideoSession:
                 runtime=self.config.runtime,
                 refiner_file=self.config.refiner_file,
             )
+            if isinstance(refiner, RefinerChain) and not self.config.carried_bilateral:
+                carried = refiner.stages[0]  # the learned refiner, without the solver after it
         self.refiner = refiner
-        self._stage = RefineStage(refiner)
+        self._stage = RefineStage(refiner, carried)
         self._given: torch.Tensor | None = None  # the last frame's output when it was given a mask
         self.profile = profile
         self.frame_index = 0
@@ -218,10 +222,11 @@ class VideoSession:
         frame up to the rounding of the network's batched arithmetic. ``refine=False`` leaves the
         refinement to the caller (:meth:`refine`, in frame order, for example on another thread), and
         the probabilities on the refiner's device (the GPU with the torch solver), or a
-        :class:`CarriedFrame` for a frame carried whole (``carry_refined``); a frame
-        given a mask returns that mask and is not refined. A 0/255 mask is object 1
-        (engine.objects.object_ids), as in the CLI. ``embedded``: the frames' embeddings from
-        :meth:`embed_ahead`, one per frame, in place of embedding them here."""
+        :class:`CarriedProbs` for a frame carried at the grid, or a :class:`CarriedFrame` for one
+        carried whole (``carry_refined``); a frame given a mask returns that mask and is not
+        refined. A 0/255 mask is object 1 (engine.objects.object_ids), as in the CLI.
+        ``embedded``: the frames' embeddings from :meth:`embed_ahead`, one per frame, in place of
+        embedding them here."""
         masks = [object_ids(m) if m is not None else None for m in masks] if masks is not None else [None] * len(frames)
         if len(masks) != len(frames):
             raise VosError("step_batch needs one mask (or None) per frame.")
@@ -281,6 +286,8 @@ class VideoSession:
             else:
                 output = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
                 output = self._for_refiner(output.float())
+                if not key:
+                    output = CarriedProbs(output)
                 start = self.record_time("upsample", start)
             results.append(self.refine(frame, output).cpu() if refine else output)
             self._given = None
@@ -347,8 +354,9 @@ class VideoSession:
             return probs.cpu()
         return probs
 
-    def refine(self, frame: np.ndarray, probs: torch.Tensor | CarriedFrame) -> torch.Tensor:
+    def refine(self, frame: np.ndarray, probs: torch.Tensor | CarriedProbs | CarriedFrame) -> torch.Tensor:
         """(K + 1, H, W) probabilities -> refined (the configured refiner; unchanged without one); a
+        :class:`CarriedProbs` -> refined by the carried frames' refiner (``carried_bilateral``); a
         :class:`CarriedFrame` -> the last output moved along its flow (engine.refine_stage). Call it
         in frame order for every frame :meth:`step_batch` gave with ``refine=False``, except those
         given a mask; one thread at a time."""

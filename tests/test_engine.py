@@ -313,21 +313,21 @@ def test_session_config_starts_from_the_models_settings_then_overrides(tiny_mode
 def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_model):
     """``balanced`` is the defaults: every other frame carried whatever the motion, its carried
     frames refined again, at max side 640 unless the model says otherwise; ``--preset fast`` the same
-    at 512 over the model's own settings, an option given beside it winning; ``accurate`` the
-    defaults before (768, frames carried only where the objects moved little, not refined again);
-    an unknown name is refused."""
+    with the carried frames refined without the solver, over the model's own settings; ``accurate``
+    the defaults before (768, frames carried only where the objects moved little, not refined
+    again), an option given beside it winning; an unknown name is refused."""
     defaults = SessionConfig()
     assert defaults.max_size == 640 and defaults.keyframe_interval == 2 and defaults.fixed_interval
-    assert not defaults.carry_refined  # every other frame moves fast too: carried frames are refined again
+    assert not defaults.carry_refined and defaults.carried_bilateral  # carried frames refined again, fully
     model = create_model(ModelConfig(backbone="tiny", inference={"k": 3, "max_size": 256}), pretrained=False)
     balanced = session_config_for(model, preset="balanced")
     assert balanced == session_config_for(model) and balanced.max_size == 256 and balanced.fixed_interval
     fast = session_config_for(model, preset="fast")
-    assert fast.max_size == 512 and fast.fixed_interval and fast.retrieval.k == 3
-    assert session_config_for(model, preset="fast", max_size=384).max_size == 384
+    assert not fast.carried_bilateral and fast.max_size == 256 and fast.fixed_interval and fast.retrieval.k == 3
     accurate = session_config_for(model, preset="accurate")
     assert accurate.max_size == 768 and accurate.carries_by_motion and accurate.carry_motion == 0.5
     assert accurate.carry_refined and not accurate.fixed_interval
+    assert session_config_for(model, preset="accurate", max_size=896).max_size == 896
     with pytest.raises(VosError, match="preset"):
         session_config_for(model, preset="fastest")
 

@@ -1,6 +1,7 @@
 """A frame carried whole takes the last output moved along the flow, not refined again
 (engine.refine_stage), the same whether the session refines inline or the caller does, later and
-in frame order (the CLI's refinement thread)."""
+in frame order (the CLI's refinement thread); a frame carried at the grid is refined by the learned
+refiner alone."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine.config import SessionConfig
 from engine.errors import VosError
 from engine.motion import warp_frame
-from engine.refine_stage import CarriedFrame, RefineStage
+from engine.refine_stage import CarriedFrame, CarriedProbs, RefineStage
 from engine.session import VideoSession
 from tests.test_window import CARRYING, clip
 
@@ -81,3 +83,34 @@ def test_the_refine_stage_needs_an_output_before_a_carried_frame():
     probs = torch.rand(2, 4, 6)
     assert stage(frame, probs) is probs  # no refiner: unchanged
     assert torch.allclose(stage(frame, CarriedFrame(torch.zeros(2, 3, 2))), probs, atol=1e-5)
+
+
+def test_the_carried_frames_refiner_takes_the_frames_carried_at_the_grid():
+    full, learned = Sharpen(), Sharpen()
+    stage = RefineStage(full, learned)
+    probs = one_hot(np.eye(4, dtype=np.uint8), 2) * 0.8 + 0.1
+    stage(None, probs)
+    assert (full.calls, learned.calls) == (1, 0)
+    assert torch.allclose(stage(None, CarriedProbs(probs)), learned(None, probs))
+    assert (full.calls, learned.calls) == (1, 2)
+    assert RefineStage(full).carried is full  # by default the same refiner
+    assert torch.equal(RefineStage(None)(None, CarriedProbs(probs)), probs)  # no refiner: unchanged
+
+
+def test_a_frame_carried_at_the_grid_skips_the_solver_and_nothing_else(tiny_model):
+    """``fast``: every other frame carried at the grid and refined by the learned refiner alone
+    (``carried_bilateral`` off); the frames the network sees get the solver too, and their outputs are
+    those of a session (the defaults) that sends carried frames through the solver as well."""
+    images, mask = clip(6)
+    outputs = {}
+    for solver in (False, True):
+        config = SessionConfig(runtime="torch", half=False, min_size=0, max_size=384, carried_bilateral=solver)
+        assert config.fixed_interval and not config.carry_refined and config.refine == "learned+bilateral"
+        session = VideoSession(tiny_model, config)
+        assert (session._stage.carried is session.refiner) == solver
+        outputs[solver] = [session.step_batch([image], [mask if t == 0 else None])[0] for t, image in enumerate(images)]
+        assert session.carried == 3  # frames 1, 3 and 5
+    for t in (2, 4):  # the frames the network sees: refinement does not feed back into propagation
+        assert torch.equal(outputs[False][t], outputs[True][t])
+    for t in (1, 3, 5):
+        assert not torch.equal(outputs[False][t], outputs[True][t])

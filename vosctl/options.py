@@ -92,9 +92,10 @@ PresetOption = Annotated[
         "--preset",
         help="balanced (the defaults): max side 640, the network and retrieval on every other frame (the frames "
         "between follow the optical flow and are refined), cross-validation J&F 0.840 (frames as H.264 leaves "
-        "them); fast: the same at max side 512, the overlay encoded faster (larger files), about 1.05x "
-        "balanced's speed on 2 CPU cores, J&F 0.826; accurate: the defaults before, max side 768, a frame "
-        "carried only where the objects moved little, 0.72x balanced's speed, J&F 0.866, small objects among "
+        "them); fast: the same with the carried frames refined by the learned refiner alone and the overlay "
+        "encoded faster (larger files), about 1.14x balanced's speed on 2 CPU cores, J&F 0.835; accurate: "
+        "the defaults before, max side 768, a frame "
+        "carried only where the objects moved little, 0.70x balanced's speed, J&F 0.866, small objects among "
         "several kept better. On a GPU accurate sees every frame (README, Results). Options given beside it win.",
     ),
 ]
