@@ -47,7 +47,7 @@ class RefineStage:
         self.carried = carried if carried is not None else refiner
         self._last: torch.Tensor | None = None
 
-    def __call__(self, frame: np.ndarray, probs: torch.Tensor | CarriedFrame) -> torch.Tensor:
+    def __call__(self, frame: np.ndarray, probs: torch.Tensor | CarriedProbs | CarriedFrame) -> torch.Tensor:
         if isinstance(probs, CarriedFrame):
             before = probs.before if probs.before is not None else self._last
             if before is None:
