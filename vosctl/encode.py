@@ -10,6 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from engine.errors import VosError
@@ -47,6 +48,16 @@ def container_for(path: Path) -> tuple[str, str, str]:
     if suffix not in CONTAINERS:
         raise VosError(f"Cannot write {path}: use one of {', '.join(sorted(CONTAINERS))}.")
     return CONTAINERS[suffix]
+
+
+def to_video_frame(image: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    """(H, W, 3) uint8 RGB -> a frame for an encoder of ``pix_fmt``. For yuv420p (the overlay's
+    H.264 and VP9) OpenCV converts: FFmpeg's converter, which the encoder would otherwise call, took
+    1.7 ms of CPU a frame at 854x480 against 0.45 ms (one core). Both give BT.601 limited range, the
+    luma within 1; OpenCV averages each 2x2 block's chroma where FFmpeg samples it."""
+    if pix_fmt == "yuv420p":
+        return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+    return av.VideoFrame.from_ndarray(image, format="rgb24")
 
 
 class VideoWriter:
@@ -110,7 +121,7 @@ class VideoWriter:
 
     def write(self, image: np.ndarray, pts: int | None) -> None:
         """image (H, W, 3) uint8 RGB; ``pts`` in the input's time base (None: by frame index)."""
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame = to_video_frame(image, self.stream.pix_fmt)
         frame.pts = pts if pts is not None else round(self._index / self.fps / self.time_base)
         frame.time_base = self.time_base
         self._index += 1
