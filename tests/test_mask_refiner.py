@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from engine import mask_refiner
 from engine.bilateral_refiner import BilateralRefiner
 from engine.errors import VosError
 from engine.mask_refiner import (
+    SHAPE_STEP,
     LearnedRefiner,
     RefinerConfig,
     aggregate,
@@ -109,7 +111,8 @@ def test_a_larger_frame_is_refined_at_the_working_size():
         refiner(frame[:40], probs)
 
 
-def test_a_small_frame_is_enlarged_towards_the_working_size_at_most_twice():
+def test_a_small_frame_is_enlarged_towards_the_working_size_at_most_twice(monkeypatch):
+    monkeypatch.setattr(mask_refiner, "SHAPE_STEP", 4)  # the working size itself, not padded
     net = tiny_net()
     seen = []
     features = net.features
@@ -120,6 +123,30 @@ def test_a_small_frame_is_enlarged_towards_the_working_size_at_most_twice():
     LearnedRefiner(net, margin=0, work_size=0)(frame, two_object_probs())
     (h1, w1), (h2, w2), (h0, w0) = seen
     assert abs(w1 / w0 - 1.5) < 0.1 and abs(w2 / w0 - 2.0) < 0.1 and abs(h2 / h0 - 2.0) < 0.2
+
+
+def test_the_network_sees_the_window_padded_to_the_shape_step_and_its_padding_is_dropped(monkeypatch):
+    # A compiled graph prepares kernels for each new input size: the window is padded to multiples
+    # of SHAPE_STEP. What the padding changes lies within the network's reach of the padded edges.
+    net = tiny_net()
+    seen = []
+    features = net.features
+    net.features = lambda image: seen.append(tuple(image.shape[-2:])) or features(image)
+    frame = (np.random.default_rng(0).random((120, 200, 3)) * 255).astype(np.uint8)
+    probs = torch.nn.functional.interpolate(two_object_probs()[None], size=(120, 200), mode="bilinear")[0]
+    padded = LearnedRefiner(net, margin=2, work_size=0)(frame, probs)
+    assert seen and all(h % SHAPE_STEP == 0 and w % SHAPE_STEP == 0 for h, w in seen), seen
+    assert seen[0] != (120, 200), "the window is not the whole frame"
+    monkeypatch.setattr(mask_refiner, "SHAPE_STEP", 4)
+    exact = LearnedRefiner(net, margin=2, work_size=0)(frame, probs)
+    assert padded.shape == exact.shape
+    assert torch.allclose(padded.sum(0), torch.ones(120, 200), atol=1e-5)
+    changed = (padded - exact).abs().amax(0) > 1e-4
+    assert changed.any(), "the padding reaches the window's last rows or columns"
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    rows, cols = torch.nonzero((padded - probs).abs().amax(0) > 1e-6, as_tuple=True)  # the refined window
+    reach = torch.minimum(rows.max() - ys, cols.max() - xs)  # from the window's last row or column
+    assert int(reach.max()) <= 24 < int(rows.max() - rows.min()), "only near the padded edges"
 
 
 def test_make_refiner_builds_the_learned_chain_from_a_file(tmp_path):
