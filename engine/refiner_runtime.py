@@ -81,6 +81,12 @@ class OpenVinoRefiner:
         threads = torch.get_num_threads()
         return cached_per_model(net, ("openvino-refiner", threads), lambda: cls(net, threads=threads))
 
+    def load(self) -> None:
+        """Compile now, not at the first call (engine.refiners.load_refiner_network)."""
+        with self._lock:
+            if self._request is None:
+                self._request = self._compile()
+
     def __call__(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """image (1, 3, H, W) float32 in [0, 255], logits (K, 1, H, W) -> refined (K, 1, H/2, W/2)."""
         feeds = {

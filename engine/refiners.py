@@ -14,7 +14,7 @@ from engine.mask_refiner import SHIPPED_REFINER, LearnedRefiner, RefinerNet, loa
 from engine.refiner_runtime import OpenVinoRefiner
 from engine.runtime import resolve_runtime
 
-__all__ = ["RefinerChain", "learned_refiner", "make_refiner"]
+__all__ = ["RefinerChain", "learned_refiner", "load_refiner_network", "make_refiner"]
 
 
 class RefinerChain:
@@ -27,6 +27,15 @@ class RefinerChain:
         for stage in self.stages:
             probs = stage(frame, probs)
         return probs
+
+
+def load_refiner_network(refiner) -> None:
+    """Compile the learned refiner's network now where it is compiled at its first call (OpenVINO),
+    so that a caller with a core to spare takes the compilation off the refining thread's way
+    (vosctl.pipeline: while the first frame is embedded). Other refiners have nothing to load."""
+    for stage in refiner.stages if isinstance(refiner, RefinerChain) else [refiner]:
+        if isinstance(stage, LearnedRefiner) and isinstance(stage.compiled, OpenVinoRefiner):
+            stage.compiled.load()
 
 
 _LEARNED: dict[tuple[str, int, str], RefinerNet] = {}  # (file, its mtime, device) -> net, read once

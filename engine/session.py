@@ -30,7 +30,7 @@ from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import merge_annotation, object_ids
 from engine.propagation import Propagator
 from engine.refine_stage import CarriedFrame, CarriedProbs, RefineStage
-from engine.refiners import RefinerChain, make_refiner
+from engine.refiners import RefinerChain, load_refiner_network, make_refiner
 from engine.window import Box, FrameSchedule
 
 __all__ = [
@@ -178,6 +178,12 @@ class VideoSession:
         """Compile the network now, not at the first frame: a caller that builds the session on
         another thread while it reads its inputs (vosctl.pipeline) takes it off the first frame's way."""
         self.embedder.load()
+
+    def load_refiner(self) -> None:
+        """Compile the refiner's network now, not at the first frame it refines: a caller with a
+        core free while the first frame is embedded (vosctl.pipeline) takes it off the way of the
+        thread that refines (engine.refiners.load_refiner_network). Safe beside :meth:`refine`."""
+        load_refiner_network(self.refiner)
 
     def embed_ahead(self, frame: np.ndarray, position: int) -> Embedded:
         """Embed the frame :meth:`step_batch` will see as the session's ``position``-th (its

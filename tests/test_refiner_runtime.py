@@ -9,7 +9,7 @@ import torch
 from engine import refiner_runtime
 from engine.mask_refiner import LearnedRefiner, save_refiner
 from engine.refiner_runtime import OpenVinoRefiner, RefinerGraph, refiner_graph_file
-from engine.refiners import make_refiner
+from engine.refiners import load_refiner_network, make_refiner
 from engine.runtime import openvino_available
 from tests.test_mask_refiner import tiny_net, two_object_probs
 
@@ -62,3 +62,23 @@ def test_learned_refiner_on_a_cpu_runs_the_compiled_graph_by_default(tmp_path, m
     refined = compiled(frame, probs)
     assert not torch.allclose(refined, probs, atol=1e-3)  # it refines
     assert (refined - eager(frame, probs)).abs().max() < 1e-4
+
+
+def test_the_refiners_network_is_compiled_by_load_not_at_the_first_frame(tmp_path, monkeypatch):
+    # vosctl.pipeline compiles it on a thread of its own while the first frame is embedded.
+    monkeypatch.setenv("VOSCTL_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "refiner.pt"
+    save_refiner(tiny_net(seed=3), path)
+    chain = make_refiner("learned+bilateral", "cpu", refiner_file=str(path), runtime="auto")
+    compiled = chain.stages[0].compiled
+    compiles = []
+    compile_now = compiled._compile
+    monkeypatch.setattr(compiled, "_compile", lambda: compiles.append(1) or compile_now())
+    load_refiner_network(chain)
+    assert compiles == [1]
+    frame = (np.random.default_rng(0).random((40, 96, 3)) * 255).astype(np.uint8)
+    chain(frame, two_object_probs())
+    load_refiner_network(chain)
+    assert compiles == [1], "compiled once"
+    load_refiner_network(None)  # refine "none": nothing to load
+    load_refiner_network(make_refiner("bilateral", "cpu"))

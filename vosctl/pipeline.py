@@ -135,13 +135,16 @@ def segment_file(
     result = SegmentResult(notes=list(annotations.notes))
     outputs = AtomicOutputs(plan)
     writers: list[VideoWriter] = []
-    decoded = frames_in = worker = store = None
+    decoded = frames_in = worker = store = refiner_ready = None
     try:
         outputs.start()
         with open_source(video, fps=fps) as source:
             if on_start is not None:
                 on_start(source.frame_count)
             session = building.result()
+            # The refiner's network compiled beside the first frame's embedding, which the refining
+            # thread would otherwise wait for before its first frame.
+            refiner_ready = Background(session.load_refiner, name="vosctl-refiner")
             palette = annotations.palette
             overlay_writer = mask_writer = None
             masks_tmp = outputs.folder(masks_dir) if masks_dir is not None else None
@@ -293,6 +296,8 @@ def segment_file(
                 stream.close()
         if store is not None:
             store.close()
+        if refiner_ready is not None:
+            refiner_ready.wait()  # an error of its own is the refining thread's to raise
     result.seconds = time.perf_counter() - start
     result.outputs = [p for p in (output, mask_video, masks_dir) if p is not None]
     result.stage_seconds = dict(session.timings)
