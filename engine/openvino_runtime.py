@@ -83,6 +83,13 @@ def compile_for_cpu(path: Path, graph: bytes | None, *, threads: int | None = No
     if path.is_file():
         compiled_cache = path.parent / "openvino"
         if writable_folder(compiled_cache):
-            config = {**config, "CACHE_DIR": str(compiled_cache)}
+            try:
+                return core.compile_model(str(path), "CPU", {**config, "CACHE_DIR": str(compiled_cache)})
+            except RuntimeError:
+                # OpenVINO's cache is not safe for two processes writing the same entry at once:
+                # the second failed ("cannot set permissions: No such file or directory [...blob]")
+                # when two runs started together on a graph not compiled before. Without the cache,
+                # as where it cannot be written; a graph that does not compile fails again below.
+                pass
         return core.compile_model(str(path), "CPU", config)
     return core.compile_model(core.read_model(graph), "CPU", config)

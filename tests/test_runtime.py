@@ -15,6 +15,7 @@ from engine.model import ModelConfig, create_model
 from engine.openvino_runtime import OpenVinoEmbedding
 from engine.runtime import (
     OnnxEmbedding,
+    graph_file,
     inference_copy,
     onnxruntime_available,
     openvino_available,
@@ -263,3 +264,32 @@ def test_openvino_sends_no_telemetry_and_writes_nothing_in_the_home_folder(tmp_p
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
     assert done.stdout.strip() == "True []"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not openvino_available(), reason="onnx/openvino not installed")
+def test_a_cache_write_that_fails_compiles_without_the_cache(tiny_model, tmp_path, monkeypatch):
+    # Two processes compiling the same new graph into OpenVINO's cache at once: the second's write
+    # failed ("cannot set permissions"). It compiles without the cache instead of failing the run.
+    from engine import openvino_runtime
+    from engine.model import coordinate_grid
+    from engine.runtime import import_openvino
+
+    image, coords = torch.rand(1, 3, 64, 96) * 255, coordinate_grid(8, 12, 0.0)[None]
+    monkeypatch.setenv("VOSCTL_CACHE", str(tmp_path / "cache"))
+    expected = OpenVinoEmbedding(tiny_model, threads=1)(image, coords)
+    real = import_openvino()
+    configs = []
+
+    class RacedCore(real.Core):
+        def compile_model(self, model, device, config):
+            configs.append(dict(config))
+            if "CACHE_DIR" in config:
+                raise RuntimeError("filesystem error: cannot set permissions: No such file or directory")
+            return super().compile_model(model, device, config)
+
+    monkeypatch.setattr(openvino_runtime, "import_openvino", lambda: type("ov", (), {"Core": RacedCore}))
+    got = openvino_runtime.compile_for_cpu(graph_file(tiny_model), None, threads=1)
+    assert ["CACHE_DIR" in c for c in configs] == [True, False]
+    request = got.create_infer_request()
+    request.infer({"image": image.numpy(), "coords": coords.numpy()})
+    assert np.abs(request.get_output_tensor(0).data - expected.numpy()).max() < 1e-5
