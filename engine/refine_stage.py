@@ -6,10 +6,13 @@ A carried frame's output needs the output of the frame before it, which the refi
 another thread, in frame order) has not made yet when the frame is stepped. So stepping gives a
 :class:`CarriedFrame` (the flow, and the frame before's output where that frame was given a mask,
 which is never refined), and :class:`RefineStage` turns it into probabilities when its turn comes.
+Likewise a frame carried at the grid between two key frames waits for the second (engine.between):
+its :class:`CarriedProbs` hold a :class:`PendingProbs` until then.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +21,7 @@ import torch
 from engine.errors import VosError
 from engine.motion import warp_frame
 
-__all__ = ["CarriedFrame", "CarriedProbs", "RefineStage"]
+__all__ = ["CarriedFrame", "CarriedProbs", "PendingProbs", "RefineStage"]
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,41 @@ class CarriedFrame:
     before: torch.Tensor | None = None  # the frame before's output when it was given (a mask); None: refined
 
 
+class PendingProbs:
+    """Probabilities made later, on the stepping thread; :meth:`get` waits for them."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._probs: torch.Tensor | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def set(self, probs: torch.Tensor) -> None:
+        self._probs = probs
+        self._ready.set()
+
+    def get(self) -> torch.Tensor:
+        self._ready.wait()
+        return self._probs
+
+
 @dataclass(frozen=True)
 class CarriedProbs:
-    """A frame carried at the grid: the last key frame's probabilities moved along the flow and
-    upsampled, for the carried frames' refiner."""
+    """A frame carried at the grid: the key frames' probabilities moved along the flow and
+    upsampled, for the carried frames' refiner; pending until the next key frame is stepped
+    (engine.between)."""
 
-    probs: torch.Tensor  # (K + 1, H, W)
+    probs: torch.Tensor | PendingProbs  # (K + 1, H, W)
+
+    @property
+    def ready(self) -> bool:
+        return not isinstance(self.probs, PendingProbs) or self.probs.ready
+
+    def value(self) -> torch.Tensor:
+        """The probabilities, once made (waits for them)."""
+        return self.probs.get() if isinstance(self.probs, PendingProbs) else self.probs
 
 
 class RefineStage:
@@ -54,7 +86,8 @@ class RefineStage:
                 raise VosError("A carried frame needs the output of the frame before it, refined first.")
             out = warp_frame(before, probs.flow)
         elif isinstance(probs, CarriedProbs):
-            out = self.carried(frame, probs.probs) if self.carried is not None else probs.probs
+            carried = probs.value()
+            out = self.carried(frame, carried) if self.carried is not None else carried
         else:
             out = self.refine(frame, probs)
         self._last = out

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.between import Between
 from engine.bilateral_params import BilateralParams
 from engine.bilateral_refiner import BilateralRefiner
-from engine.config import ALIGN, REFINERS, SessionConfig, preset_settings
+from engine.config import ALIGN, REFINERS, SessionConfig, session_config_for
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError
 from engine.memory import PixelSet
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
-from engine.objects import merge_annotation, object_ids
+from engine.objects import channel_argmax, merge_annotation, object_ids
 from engine.propagation import Propagator
 from engine.refine_stage import CarriedFrame, CarriedProbs, RefineStage
 from engine.refiners import RefinerChain, load_refiner_network, make_refiner
@@ -108,6 +109,9 @@ class VideoSession:
         self.refiner = refiner
         self._stage = RefineStage(refiner, carried)
         self._given: torch.Tensor | None = None  # the last frame's output when it was given a mask
+        # The carried frame waiting for the next key frame (engine.between), for callers stepping ``later``.
+        between = self.config.carry_between and not self.config.carry_refined
+        self._between = Between(self._to_refiner) if between else None
         self.profile = profile
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None
@@ -210,9 +214,16 @@ class VideoSession:
         return not self.config.fixed_interval
 
     def stop_waiting(self) -> None:
-        """Let a thread in :meth:`embed_ahead` go on without waiting for its plan (the thread that
-        steps the session has stopped)."""
+        """Let a thread in :meth:`embed_ahead` go on without waiting for its plan, and a refining
+        thread without waiting for a carried frame's next key frame (the stepping thread has stopped)."""
         self.schedule.stop_waiting()
+        self.finish()
+
+    def finish(self) -> None:
+        """No frame follows (``step_batch(later=True)``): a carried frame waiting for the next key
+        frame takes the key frame before alone."""
+        if self._between is not None:
+            self._between.resolve()
 
     @torch.inference_mode()
     def step_batch(
@@ -222,6 +233,7 @@ class VideoSession:
         *,
         refine: bool = True,
         embedded: Sequence[Embedded] | None = None,
+        later: bool = False,
     ) -> list[torch.Tensor]:
         """:meth:`step` for consecutive frames: the key frames among them are embedded in one batch,
         then each frame is propagated in order. The results equal those of :meth:`step` frame by
@@ -232,7 +244,12 @@ class VideoSession:
         carried whole (``carry_refined``); a frame given a mask returns that mask and is not
         refined. A 0/255 mask is object 1 (engine.objects.object_ids), as in the CLI.
         ``embedded``: the frames' embeddings from :meth:`embed_ahead`, one per frame, in place of
-        embedding them here."""
+        embedding them here. ``later`` (with ``refine=False``): the caller refines in frame order
+        after stepping on (another thread, engine.between's ``InOrder``), so a frame carried between
+        two key frames may wait for the second (``carry_between``); call :meth:`finish` after the
+        last frame."""
+        if later and refine:
+            raise VosError("step_batch(later=True) is for a caller that refines the frames itself (refine=False).")
         masks = [object_ids(m) if m is not None else None for m in masks] if masks is not None else [None] * len(frames)
         if len(masks) != len(frames):
             raise VosError("step_batch needs one mask (or None) per frame.")
@@ -267,6 +284,7 @@ class VideoSession:
                 pixels, box = self._key_pixels(smalls[i], embedded.get(i), boxes.get(i), mask is not None)
                 start = time.perf_counter()
             if mask is not None:
+                self.finish()  # a carried frame still waiting takes the key frame before alone
                 if self.propagator.started:
                     mask = self._merge_with_prediction(frame, pixels, mask, grid, flow)
                     start = self.record_time("retrieve", start)
@@ -286,15 +304,18 @@ class VideoSession:
                 coarse = self.propagator.carry(flow)
                 self.carried += 1
                 start = self.record_time("carry", start)
+            if key and self._between is not None:
+                self._between.resolve(coarse, flow)  # the carried frame before this one, if it waits
             whole = None if key or not self.config.carry_refined else self.propagator.pixel_flow
             if whole is not None:  # the last output moved along the flow, not refined again
                 output = CarriedFrame(whole, self._given)
+            elif not key and later and self._between is not None:
+                output = CarriedProbs(self._between.hold(coarse.clone()))
             else:
-                output = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
-                output = self._for_refiner(output.float())
+                output = self._to_refiner(coarse)
                 if not key:
                     output = CarriedProbs(output)
-                start = self.record_time("upsample", start)
+            start = self.record_time("upsample", start)
             results.append(self.refine(frame, output).cpu() if refine else output)
             self._given = None
             start = time.perf_counter()
@@ -334,11 +355,10 @@ class VideoSession:
     ) -> np.ndarray:
         """A mask on a frame after the first: the objects it holds replace their prediction there,
         the others keep theirs (engine.objects.merge_annotation) -> (H, W) uint8 ids."""
-        coarse = self.propagator.propagate(pixels, grid, flow, remember=False)
-        full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
+        full = self._to_refiner(self.propagator.propagate(pixels, grid, flow, remember=False))
         # The refiner alone: the stage's last output is for the thread refining in frame order.
         start = time.perf_counter()
-        predicted = self.to_ids(self._stage.refine(frame, self._for_refiner(full.float())))
+        predicted = self.to_ids(self._stage.refine(frame, full))
         self.record_time("refine", start)
         return merge_annotation(predicted, mask)
 
@@ -353,6 +373,11 @@ class VideoSession:
             if item.position != self.frame_index + offset:
                 expected = self.frame_index + offset
                 raise VosError(f"An embedding for frame {item.position} was given for frame {expected}.")
+
+    def _to_refiner(self, coarse: torch.Tensor) -> torch.Tensor:
+        """(K + 1, gh, gw) grid probabilities -> upsampled to the frame, where the refiner works."""
+        full = F.interpolate(coarse[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
+        return self._for_refiner(full.float())
 
     def _for_refiner(self, probs: torch.Tensor) -> torch.Tensor:
         """Probabilities where the refiner works: the device for the torch solver, else the CPU."""
@@ -377,21 +402,6 @@ class VideoSession:
         return self.registry.to_ids(channel_argmax(probs).cpu().numpy())
 
 
-def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
-    """``probs.argmax(0)`` for a few channels, ties to the first, ~10x faster on a CPU.
-
-    torch's reduction over the outer dimension of a (K + 1, H, W) tensor strides through memory
-    (40 ms at 480p on 2 cores); one elementwise pass per channel is contiguous (3 ms).
-    """
-    best = probs[0]
-    ids = torch.zeros(probs.shape[1:], dtype=torch.long, device=probs.device)
-    for channel in range(1, probs.shape[0]):
-        better = probs[channel] > best
-        ids[better] = channel
-        best = torch.maximum(best, probs[channel])
-    return ids
-
-
 def segment_video(
     model: EmbeddingModel,
     frames: Iterable[np.ndarray],
@@ -405,12 +415,3 @@ def segment_video(
     for index, frame in enumerate(frames):
         probs = session.step(frame, first_mask if index == 0 else None)
         yield session.to_ids(probs)
-
-
-def session_config_for(model: EmbeddingModel, *, preset: str | None = None, **overrides) -> SessionConfig:
-    """The model's own inference settings (saved with it), then the ``preset``'s (engine.config),
-    then the caller's non-None overrides."""
-    base = SessionConfig().with_overrides(**model.config.inference)
-    if preset is not None:
-        base = base.with_overrides(**preset_settings(preset))
-    return base.with_overrides(**overrides)

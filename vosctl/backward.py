@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.between import InOrder
 from engine.errors import VosError
 from engine.session import VideoSession
 from vosctl.video import Frame
@@ -72,15 +73,23 @@ def run_backward(
         raise ValueError("the backward pass starts on an annotated frame")
     order = list(range(start.index, -1, -1))
     start_ids = None
-    for offset in range(0, len(order), batch):
-        chunk = order[offset : offset + batch]
-        frames = [start if i == start.index else store.frame(i) for i in chunk]
-        probs = session.step_batch([f.image for f in frames], [masks.get(i) for i in chunk], refine=False)
-        for frame, p in zip(frames, probs, strict=True):
-            given = frame.index in masks
-            ids = session.to_ids(p if given else session.refine(frame.image, p))
+    in_order = InOrder(session)  # a carried frame waits for the next key frame (engine.between)
+
+    def refine(ready) -> None:
+        nonlocal start_ids
+        for frame, p in ready:
+            ids = session.to_ids(p if frame.index in masks else session.refine(frame.image, p))
             if frame.index == start.index:
                 start_ids = ids
             else:
                 store.put_ids(frame.index, ids)
+
+    for offset in range(0, len(order), batch):
+        chunk = order[offset : offset + batch]
+        frames = [start if i == start.index else store.frame(i) for i in chunk]
+        probs = session.step_batch([f.image for f in frames], [masks.get(i) for i in chunk], refine=False, later=True)
+        for frame, p in zip(frames, probs, strict=True):
+            in_order.add((frame, p), p)
+        refine(in_order.ready())
+    refine(in_order.finish())
     return start_ids

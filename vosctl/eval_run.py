@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from engine.between import InOrder
 from engine.datasets import read_annotation, read_split, sequence_annotations, sequence_frames
 from engine.devices import default_batch, resolve_device
 from engine.errors import VosError
@@ -113,14 +114,23 @@ def run_sequence(
     engine_seconds = 0.0
     start = time.perf_counter()
     pairs = list(zip(frames, annotations, strict=True))
+    # Refined in frame order after stepping on, as the CLI does: a carried frame waits for the next
+    # key frame (engine.between).
+    in_order = InOrder(session)
     for offset in range(0, len(pairs), batch):
         chunk = pairs[offset : offset + batch]
         images = [_read_frame(frame_path) for frame_path, _ in chunk]
         step_start = time.perf_counter()
-        probs = session.step_batch(images, [first if offset + i == 0 else None for i in range(len(chunk))])
-        masks = [session.to_ids(p) for p in probs]
+        given = [first if offset + i == 0 else None for i in range(len(chunk))]
+        probs = session.step_batch(images, given, refine=False, later=True)
+        for (_, ann_path), image, p, mask in zip(chunk, images, probs, given, strict=True):
+            in_order.add((ann_path, image, p, mask is not None), p)
+        ready = list(in_order.ready() if offset + batch < len(pairs) else in_order.finish())
+        masks = [
+            (path, session.to_ids(p if was_given else session.refine(image, p))) for path, image, p, was_given in ready
+        ]
         engine_seconds += time.perf_counter() - step_start
-        for (_, ann_path), ids in zip(chunk, masks, strict=True):
+        for ann_path, ids in masks:
             _write_mask(folder / ann_path.name, ids, single)
             scorer.add(read_annotation(ann_path), ids)
     result = scorer.result()

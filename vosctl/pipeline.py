@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.between import InOrder
 from engine.session import Embedded, SessionConfig, VideoSession
 from vosctl.annotations import Direction
 from vosctl.backward import FrameStore, run_backward
@@ -177,9 +178,10 @@ def segment_file(
             def flush(pending: list[Frame]) -> None:
                 given = [forward_masks.get(item.index) for item in pending]
                 ready = [embedded.pop(item.index) for item in pending] if ahead else None
-                probs = session.step_batch([item.image for item in pending], given, refine=False, embedded=ready)
+                images = [item.image for item in pending]
+                probs = session.step_batch(images, given, refine=False, embedded=ready, later=True)
                 for item, p, mask in zip(pending, probs, given, strict=True):
-                    worker.submit(item, p, mask is not None)
+                    submit(item, p, mask is not None)
                 pending.clear()
 
             def backward(start: Frame) -> np.ndarray:
@@ -189,7 +191,7 @@ def segment_file(
                 for stage, seconds in back.timings.items():
                     session.timings[stage] += seconds
                 for index in range(start.index):
-                    worker.submit(store.frame(index), None, True, store.ids(index))
+                    submit(store.frame(index), None, True, store.ids(index))
                 store.close()
                 return start_ids
 
@@ -224,6 +226,15 @@ def segment_file(
                 frames = embed_ahead(frames_in, session, passes.forward_from, embedded)
                 decoded = Prefetch(frames, size=2, name="vosctl-embed")
             worker = Worker(write, size=max(4, batch), inline=not encode_thread)
+            # Refined and encoded in decode order, a carried frame once the next key frame is stepped
+            # (engine.between): ``submit`` hands the worker each job whose turn has come.
+            in_order = InOrder(session)
+
+            def submit(*job) -> None:
+                in_order.add(job, job[1] if len(job) > 1 else None)
+                for ready in in_order.ready():
+                    worker.submit(*ready)
+
             try:
                 early_audio: list[AudioPacket] = []  # audio that arrives before the first frame is decoded
                 pending: list[Frame] = []
@@ -231,7 +242,7 @@ def segment_file(
                 for item in decoded:
                     if isinstance(item, AudioPacket):
                         if overlay_writer is not None:
-                            worker.submit(item)
+                            submit(item)
                         elif not started:
                             early_audio.append(item)
                         continue
@@ -244,7 +255,7 @@ def segment_file(
                         if output is not None:
                             overlay_writer = open_writer(output, item, audio_stream=source.audio, preset=overlay_preset)
                             for packet in early_audio:
-                                worker.submit(packet)
+                                submit(packet)
                         early_audio.clear()
                         if mask_video is not None:
                             mask_writer = open_writer(mask_video, item, lossless=True)
@@ -259,19 +270,23 @@ def segment_file(
                         if len(pending) >= batch:
                             flush(pending)
                     elif start_ids is not None:
-                        worker.submit(item, None, True, start_ids)
+                        submit(item, None, True, start_ids)
                     else:  # no pass reaches this frame (--direction forward or backward)
-                        worker.submit(item, None, True, background(item))
+                        submit(item, None, True, background(item))
                 if pending:
                     flush(pending)
+                for ready in in_order.finish():  # the last carried frame has no key frame after it
+                    worker.submit(*ready)
                 # A mask for a frame beyond the end: known only now when the container did not count its frames.
                 annotations.check_length(frames_seen)
                 worker.finish()
             except BaseException:
                 # Both threads stop before the source closes: they read its frames and packets
-                # (closing the input under a decoding thread crashed the process on Ctrl-C).
+                # (closing the input under a decoding thread crashed the process on Ctrl-C). The
+                # network's thread may be waiting for a frame's box, the encode thread for a carried
+                # frame's next key frame.
+                session.stop_waiting()
                 worker.abort()
-                session.stop_waiting()  # the network's thread may be waiting for a frame's box
                 decoded.close()
                 frames_in.close()
                 raise
