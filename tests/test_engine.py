@@ -311,19 +311,19 @@ def test_session_config_starts_from_the_models_settings_then_overrides(tiny_mode
 
 
 def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_model):
-    """``balanced`` is the defaults: every other frame carried whatever the motion, its carried
-    frames refined again, at max side 640 unless the model says otherwise; ``--preset fast`` the same
-    with the carried frames refined without the solver, over the model's own settings; ``accurate``
-    the defaults before (768, frames carried only where the objects moved little, not refined
-    again), an option given beside it winning; an unknown name is refused."""
+    """``balanced`` is the defaults: every other frame carried whatever the motion, from the key
+    frames on both sides, and refined again by the learned refiner alone, at max side 640 unless the
+    model says otherwise; ``--preset fast`` the same masks (its overlay is encoded faster), over the
+    model's own settings; ``accurate`` 768, frames carried only where the objects moved little, not
+    refined again, an option given beside it winning; an unknown name is refused."""
     defaults = SessionConfig()
     assert defaults.max_size == 640 and defaults.keyframe_interval == 2 and defaults.fixed_interval
-    assert not defaults.carry_refined and defaults.carried_bilateral  # carried frames refined again, fully
+    assert not defaults.carry_refined and not defaults.carried_bilateral and defaults.carry_between
     model = create_model(ModelConfig(backbone="tiny", inference={"k": 3, "max_size": 256}), pretrained=False)
     balanced = session_config_for(model, preset="balanced")
     assert balanced == session_config_for(model) and balanced.max_size == 256 and balanced.fixed_interval
     fast = session_config_for(model, preset="fast")
-    assert not fast.carried_bilateral and fast.max_size == 256 and fast.fixed_interval and fast.retrieval.k == 3
+    assert fast == balanced and fast.max_size == 256 and fast.retrieval.k == 3
     accurate = session_config_for(model, preset="accurate")
     assert accurate.max_size == 768 and accurate.carries_by_motion and accurate.carry_motion == 0.5
     assert accurate.carry_refined and not accurate.fixed_interval

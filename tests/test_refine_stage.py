@@ -98,9 +98,9 @@ def test_the_carried_frames_refiner_takes_the_frames_carried_at_the_grid():
 
 
 def test_a_frame_carried_at_the_grid_skips_the_solver_and_nothing_else(tiny_model):
-    """``fast``: every other frame carried at the grid and refined by the learned refiner alone
+    """The defaults: every other frame carried at the grid and refined by the learned refiner alone
     (``carried_bilateral`` off); the frames the network sees get the solver too, and their outputs are
-    those of a session (the defaults) that sends carried frames through the solver as well."""
+    those of a session that sends carried frames through the solver as well."""
     images, mask = clip(6)
     outputs = {}
     for solver in (False, True):

@@ -90,12 +90,11 @@ PresetOption = Annotated[
     Preset | None,
     typer.Option(
         "--preset",
-        help="balanced (the defaults): max side 640, the network and retrieval on every other frame (the frames "
-        "between follow the optical flow and are refined), cross-validation J&F 0.840 (frames as H.264 leaves "
-        "them); fast: the same with the carried frames refined by the learned refiner alone and the overlay "
-        "encoded faster (larger files), about 1.14x balanced's speed on 2 CPU cores, J&F 0.835; accurate: "
-        "the defaults before, max side 768, a frame "
-        "carried only where the objects moved little, 0.70x balanced's speed, J&F 0.866, small objects among "
+        help="balanced (the defaults): max side 640, the network and retrieval on every other frame (a frame "
+        "between takes the key frames on both sides of it along the optical flow and is refined by the learned "
+        "refiner), cross-validation J&F 0.846 (frames as H.264 leaves them); fast: the same masks, the overlay "
+        "encoded faster (about twice the file size); accurate: max side 768, a frame carried only where the "
+        "objects moved little, about 0.65x balanced's speed on 2 CPU cores, J&F 0.866, small objects among "
         "several kept better. On a GPU accurate sees every frame (README, Results). Options given beside it win.",
     ),
 ]
