@@ -16,11 +16,11 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # - "balanced" is the defaults themselves: max side 640, the network and retrieval on every other
 #   frame whatever the motion; a frame between takes the key frames on both sides of it, moved to it
 #   along the optical flow (``carry_between``), and is refined by the learned refiner alone
-#   (``carried_bilateral`` off). CV 0.846 (seed 0), against 0.8425 for the defaults of the
-#   thirtieth round (the key frame before alone, the solver after the learned refiner) at +9.4% fps
-#   (README, thirty-first round). The defaults then were the fastest setting whose CV J&F on DAVIS's
-#   JPEG frames kept that of the defaults when the speed issue was filed (0.845) within the 0.5
-#   points the issue allows.
+#   (``carried_bilateral`` off). CV 0.846 / 0.841 (seeds 0 / 1), against 0.8425 / 0.8376 for the
+#   defaults of the thirtieth round (the key frame before alone, the solver after the learned
+#   refiner) at +9.4% fps (README, thirty-first round). The defaults then were the fastest setting
+#   whose CV J&F on DAVIS's JPEG frames kept that of the defaults when the speed issue was filed
+#   (0.845) within the 0.5 points the issue allows.
 # - "fast": the same masks, the overlay encoded with x264's ultrafast preset (vosctl.pipeline):
 #   about twice the file size. Max side 512 instead (twenty-ninth round: -1.4 points) gained 5%:
 #   decoding, refinement and encoding stay whatever the network does.
@@ -200,18 +200,18 @@ class SessionConfig:
     # Off: a frame carried at the grid (``carry_refined`` off) is refined by the learned refiner
     # alone, not the bilateral solver after it (with ``refine`` "learned+bilateral"; a frame the
     # network saw gets both). Against the solver after it, CV J&F on the H.264 copy -0.46 / -0.45 /
-    # -0.43 (seeds 0 / 1 / 2; twenty-ninth round) with the key frame before alone, -0.40 (seed 0; 5 /
-    # 25 sequences better / worse) with both key frames (``carry_between``), for +12% fps over the 30
+    # -0.43 (seeds 0 / 1 / 2; twenty-ninth round) with the key frame before alone, -0.40 / -0.40
+    # (seeds 0 / 1) with both key frames (``carry_between``), for +12% fps over the 30
     # training sequences. Off by default since the thirty-first round: with ``carry_between`` the
     # defaults gained both (README). The solver alone on the carried frames lost 1.5 points.
     carried_bilateral: bool = False
     # A frame carried at the grid (``carry_refined`` off) between two key frames takes the mean of
     # the key frame before, moved forward along the optical flow, and the key frame after, moved back
     # (engine.between), where the caller refines in frame order after stepping on (the CLI, ``vosctl
-    # eval``). Against the key frame before alone: CV J&F 0.8425 -> 0.8505 with the solver on the
-    # carried frames (seed-0 fold models, H.264 copy; 27 of 30 sequences better, fast movers most),
-    # for 2-3% of fps (the refinement of a carried frame waits for the next key frame). Off: the key
-    # frame before alone. README, thirty-first round.
+    # eval``). Against the key frame before alone: CV J&F +0.80 / +0.78 (seeds 0 / 1; 0.8425 -> 0.8505
+    # with seed 0) with the solver on the carried frames (H.264 copy; 27 of 30 sequences better with
+    # each seed, fast movers most), for 2-3% of fps (the refinement of a carried frame waits for the
+    # next key frame). Off: the key frame before alone. README, thirty-first round.
     carry_between: bool = True
     # On a CPU the network sees only the box around the cells the gate can reach (decided two frames
     # ahead: the objects grown by two reaches and the margin), widened by ``embed_context`` cells of
