@@ -282,11 +282,9 @@ def segment_file(
                 worker.finish()
             except BaseException:
                 # Both threads stop before the source closes: they read its frames and packets
-                # (closing the input under a decoding thread crashed the process on Ctrl-C). The
-                # network's thread may be waiting for a frame's box, the encode thread for a carried
-                # frame's next key frame.
-                session.stop_waiting()
+                # (closing the input under a decoding thread crashed the process on Ctrl-C).
                 worker.abort()
+                session.stop_waiting()  # the network's thread may be waiting for a frame's box
                 decoded.close()
                 frames_in.close()
                 raise
