@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +44,6 @@ __all__ = [
     "VideoSession",
     "channel_argmax",
     "processing_size",
-    "segment_video",
     "session_config_for",
 ]
 
@@ -400,18 +399,3 @@ class VideoSession:
     def to_ids(self, probs: torch.Tensor) -> np.ndarray:
         """(K + 1, H, W) probabilities -> (H, W) uint8 mask of user object ids."""
         return self.registry.to_ids(channel_argmax(probs).cpu().numpy())
-
-
-def segment_video(
-    model: EmbeddingModel,
-    frames: Iterable[np.ndarray],
-    first_mask: np.ndarray,
-    *,
-    config: SessionConfig | None = None,
-    device: str | torch.device = "cpu",
-) -> Iterator[np.ndarray]:
-    """Yield an (H, W) uint8 id mask per frame; the first frame's is ``first_mask`` itself."""
-    session = VideoSession(model, config, device=device)
-    for index, frame in enumerate(frames):
-        probs = session.step(frame, first_mask if index == 0 else None)
-        yield session.to_ids(probs)

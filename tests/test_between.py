@@ -127,3 +127,19 @@ def test_later_is_for_a_caller_that_refines_itself(tiny_model):
     images, mask = clip(1)
     with pytest.raises(VosError, match="refine=False"):
         VideoSession(tiny_model, CONFIG).step_batch([images[0]], [mask], later=True)
+
+
+def test_segment_video_refines_as_the_cli_does(tiny_model):
+    """engine.segment.segment_video (the training run's validation) gives the masks of stepping later
+    and refining in frame order, its carried frames from both key frames."""
+    from engine.segment import segment_video
+
+    images, mask = clip(6)
+    (between, _), alone = run(tiny_model, CONFIG, later=True), run(tiny_model, CONFIG, later=False)
+    session = VideoSession(tiny_model, CONFIG)
+    session.step(images[0], mask)  # its registry: the ids of the probabilities' channels
+    masks = list(segment_video(tiny_model, images, mask, config=CONFIG))
+    assert len(masks) == 6
+    for t in range(6):
+        assert (masks[t] == session.to_ids(between[t])).all()
+    assert any((masks[t] != session.to_ids(alone[t])).any() for t in (1, 3))

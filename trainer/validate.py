@@ -1,6 +1,6 @@
 """Validation on held-back sequences, through the engine's own session (as ``vosctl segment`` runs).
 
-Each sequence is segmented from its first mask with :func:`engine.session.segment_video`; J (and,
+Each sequence is segmented from its first mask with :func:`engine.segment.segment_video`; J (and,
 when asked, the boundary measure F) is computed per object and per frame, leaving out the first
 frame (the input) and the last, as the DAVIS evaluation does, and averaged over frames and objects.
 """
@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.config import SessionConfig
 from engine.datasets import read_annotation
 from engine.metrics import f_measure, jaccard
 from engine.model import EmbeddingModel
-from engine.session import SessionConfig, segment_video
+from engine.segment import segment_video
 from trainer.data import VOID_ID, Sequence, load_sequence
 
 
