@@ -192,6 +192,21 @@ def test_simulated_coarse_input_is_a_blurred_approximation_of_the_mask():
     assert ((coarse > 0.02) & (coarse < 0.98)).any()
 
 
+def test_the_simulated_grid_has_the_cells_asked_for():
+    """--cells: a coarser simulated grid blurs the mask's boundary over a wider band."""
+    mask = torch.zeros(120, 120)
+    mask[20:100, 30:90] = 1
+
+    def band(cells: tuple[int, int]) -> float:
+        widths = []
+        for seed in range(8):
+            coarse = simulate_coarse(mask, np.random.default_rng(seed), cells)
+            widths.append(float(((coarse > 0.02) & (coarse < 0.98)).float().mean()))
+        return float(np.mean(widths))
+
+    assert band((4, 4)) < band((14, 14))
+
+
 def test_batches_are_a_function_of_seed_and_step(tmp_path):
     from trainer.refiner_train import load_frames
 
@@ -203,6 +218,15 @@ def test_batches_are_a_function_of_seed_and_step(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[1], other[1])
     assert first[0].shape == (2, 3, 32, 32) and first[2].shape == (2, 1, 32, 32)
+    # --scale and --cells (the defaults: 0.75-1.25, 7-11) change the samples, not their shapes
+    scaled = make_batch(frames, batch=2, crop=32, seed=3, step=5, scale=(0.5, 0.6), cells=(5, 6))
+    assert scaled[0].shape == first[0].shape and not torch.equal(scaled[1], first[1])
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            first, make_batch(frames, batch=2, crop=32, seed=3, step=5, scale=(0.75, 1.25), cells=(7, 11)), strict=True
+        )
+    )
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_file(tmp_path):
@@ -235,3 +259,12 @@ def test_cli_trains_a_refiner(tmp_path, run_cli):
     coded = run_cli([*args, "--encoder", "tiny", "--threads", "1", "--codec-crf", "23"])
     assert coded.exit_code == 0, coded.output
     assert sorted(p.name for p in (out / "codec-crf23").iterdir()) == ["a", "b", "c"]  # the frames it trained on
+    for option, value, said in (
+        ("--cells", "9,5", "MIN <= MAX"),
+        ("--cells", "x", "MIN,MAX"),
+        ("--scale", "0,1", "0 <"),
+    ):
+        refused = run_cli([*args, "--encoder", "tiny", option, value])
+        assert refused.exit_code == 1 and said in refused.output, refused.output
+    scaled = run_cli([*args, "--encoder", "tiny", "--threads", "1", "--scale", "0.5,0.8", "--cells", "5,8"])
+    assert scaled.exit_code == 0, scaled.output

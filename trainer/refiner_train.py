@@ -49,6 +49,10 @@ class RefinerTrainSettings:
     threads: int | None = None
     config: RefinerConfig = RefinerConfig()
     codec_crf: int | None = None  # train on the frames as H.264 at this CRF leaves them (trainer.codec)
+    # The frames' random scale before cropping (of the stored frames) and the simulated grid's cell
+    # side range (pixels of the scaled frame, inclusive).
+    scale: tuple[float, float] = (0.75, 1.25)
+    cells: tuple[int, int] = (7, 11)
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,9 @@ def _crop_box(mask: np.ndarray, size: int, rng: np.random.Generator) -> tuple[in
     return int(np.clip(cy - size // 2, 0, h - size)), int(np.clip(cx - size // 2, 0, w - size))
 
 
-def simulate_coarse(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """(H, W) float {0, 1} ground truth -> (H, W) probabilities like an upsampled stride-8 prediction."""
+def simulate_coarse(mask: torch.Tensor, rng: np.random.Generator, cells: tuple[int, int] = (7, 11)) -> torch.Tensor:
+    """(H, W) float {0, 1} ground truth -> (H, W) probabilities like an upsampled stride-8 prediction
+    whose cells are ``cells`` pixels (inclusive range)."""
     h, w = mask.shape
     m = mask[None, None]
     # 1. lag and drift: a small shift and scale
@@ -107,7 +112,7 @@ def simulate_coarse(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tenso
     grid = F.affine_grid(theta, [1, 1, h, w], align_corners=False)
     m = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # 2. cell fractions, sharpened like the votes
-    cell = int(rng.integers(7, 12))
+    cell = int(rng.integers(cells[0], cells[1] + 1))
     gh, gw = max(1, round(h / cell)), max(1, round(w / cell))
     frac = F.adaptive_avg_pool2d(m, (gh, gw))[0, 0]
     gain = rng.uniform(4.0, 20.0)
@@ -130,9 +135,17 @@ def simulate_coarse(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tenso
 
 
 def make_batch(
-    frames: list[Frame], *, batch: int, crop: int, seed: int, step: int
+    frames: list[Frame],
+    *,
+    batch: int,
+    crop: int,
+    seed: int,
+    step: int,
+    scale: tuple[float, float] = (0.75, 1.25),
+    cells: tuple[int, int] = (7, 11),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images (B, 3, crop, crop) float in [0, 255], coarse (B, 1, crop, crop), target (B, 1, crop, crop))."""
+    """(images (B, 3, crop, crop) float in [0, 255], coarse (B, 1, crop, crop), target (B, 1, crop, crop)):
+    frames scaled at random within ``scale``, coarse inputs of ``cells``-pixel cells."""
     rng = np.random.default_rng([seed, step])
     images, coarse, target = [], [], []
     while len(images) < batch:
@@ -140,7 +153,7 @@ def make_batch(
         mask = _object_mask(frame.mask, rng)
         if mask is None:
             continue
-        s = rng.uniform(0.75, 1.25)
+        s = rng.uniform(*scale)
         h, w = mask.shape
         size = (max(crop, round(h * s)), max(crop, round(w * s)))
         image = torch.from_numpy(frame.image).permute(2, 0, 1)[None].float()
@@ -152,7 +165,7 @@ def make_batch(
             image, m = image.flip(-1), m.flip(-1)
         images.append(image)
         target.append(m[None])
-        coarse.append(simulate_coarse(m, rng)[None])
+        coarse.append(simulate_coarse(m, rng, cells)[None])
     return torch.stack(images), torch.stack(coarse), torch.stack(target)
 
 
@@ -189,7 +202,13 @@ def train_refiner(*, settings: RefinerTrainSettings, log=print) -> Path:
     start, running, count = time.time(), 0.0, 0
     for step in range(settings.steps):
         images, coarse, target = make_batch(
-            frames, batch=settings.batch, crop=settings.crop, seed=settings.seed, step=step
+            frames,
+            batch=settings.batch,
+            crop=settings.crop,
+            seed=settings.seed,
+            step=step,
+            scale=settings.scale,
+            cells=settings.cells,
         )
         logits = net(images, torch.logit(coarse.clamp(1e-6, 1 - 1e-6)))
         loss = refiner_loss(logits, coarse, target)

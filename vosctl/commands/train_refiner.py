@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from engine.errors import VosError
-from vosctl.commands.train import parse_sequence_list
+from vosctl.commands.train import parse_scale, parse_sequence_list
 from vosctl.console import out, reported_errors
 from vosctl.options import DebugOption, codec_crf_option
 
@@ -33,6 +33,12 @@ def train_refiner(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads torch may use.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the samples are a function of it.")] = 0,
     codec_crf: Annotated[int | None, codec_crf_option("the --out folder")] = None,
+    scale: Annotated[
+        str, typer.Option("--scale", help="MIN,MAX random scale of the frames before cropping.")
+    ] = "0.75,1.25",
+    cells: Annotated[
+        str, typer.Option("--cells", help="MIN,MAX side in pixels of the simulated coarse grid's cells.")
+    ] = "7,11",
     debug: DebugOption = False,
 ) -> None:
     """Train the learned boundary refiner (`--refine learned+bilateral`) on ground-truth masks.
@@ -48,6 +54,9 @@ def train_refiner(
 
         if crop % 4:
             raise VosError("--crop must be a multiple of 4.")
+        low, high = parse_scale(scale)
+        if not 0 < low <= high:
+            raise VosError(f"--scale needs 0 < MIN <= MAX, not '{scale}'.")
         settings = RefinerTrainSettings(
             data=data,
             out=out_dir,
@@ -60,6 +69,19 @@ def train_refiner(
             seed=seed,
             config=RefinerConfig(encoder=encoder, width=width, fine=fine),
             codec_crf=codec_crf,
+            scale=(low, high),
+            cells=parse_cells(cells),
         )
         path = run(settings=settings, log=out.print)
         out.print(f"  wrote {path}")
+
+
+def parse_cells(value: str) -> tuple[int, int]:
+    """'MIN,MAX' -> (MIN, MAX) cell sides in pixels, 1 <= MIN <= MAX."""
+    try:
+        low, high = (int(v) for v in value.split(","))
+    except ValueError:
+        raise VosError(f"--cells takes MIN,MAX such as 7,11, not '{value}'.") from None
+    if not 1 <= low <= high:
+        raise VosError(f"--cells needs 1 <= MIN <= MAX, not '{value}'.")
+    return low, high
