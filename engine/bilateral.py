@@ -231,13 +231,17 @@ class BilateralGrid:
         # np.take keeps (K, P) C-contiguous; fancy indexing on the last axis would return F order.
         return np.take(values, self.pixel_vertex, axis=-1)
 
-    def solve(self, targets: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    def solve(
+        self, targets: np.ndarray, confidence: np.ndarray, work_confidence: np.ndarray | None = None
+    ) -> np.ndarray:
         """Solve the bilateral problem for each channel.
 
         Args:
             targets: (K, H, W) or (H, W) values in [0, 1].
             confidence: (H, W), shared by every channel, or (K, H, W), in [0, 1]; values outside are
                 clipped, since a negative confidence would make the system indefinite.
+            work_confidence: the (H, W) ``confidence`` already resized to the working resolution as
+                this does (INTER_AREA), where the caller has it; None: resized here.
 
         Returns:
             float32 array with the shape of ``targets``.
@@ -252,7 +256,10 @@ class BilateralGrid:
 
         size = self.work_shape
         t = _resize(stack, size, cv2.INTER_AREA).reshape(k, -1)
-        c = np.clip(_resize(conf, size, cv2.INTER_AREA).reshape(conf.shape[0], -1), 0.0, 1.0)
+        if work_confidence is not None and confidence.ndim == 2 and work_confidence.shape == size:
+            c = np.clip(work_confidence.reshape(1, -1), 0.0, 1.0)
+        else:
+            c = np.clip(_resize(conf, size, cv2.INTER_AREA).reshape(conf.shape[0], -1), 0.0, 1.0)
         every = t  # the targets of every pixel, the grid's or not
         if self.pixels is not None:
             t, c = t[:, self.pixels], c[:, self.pixels]
@@ -321,11 +328,15 @@ def band_pixels(confidence: np.ndarray, work_shape: tuple[int, int], band: float
     the refiners' window on the training sequences: the solver 24 -> 13 ms a frame on train, one
     core; README, twenty-seventh round).
     """
-    h, w = work_shape
-    small = _resize(confidence[None], (h, w), cv2.INTER_AREA)[0]
+    small = _resize(confidence[None], work_shape, cv2.INTER_AREA)[0]
+    return _band_of(small, band * work_shape[1] / confidence.shape[1], level)
+
+
+def _band_of(small: np.ndarray, band: float, level: float) -> np.ndarray | None:
+    """:func:`band_pixels` of a confidence already at the working resolution, ``band`` in its pixels."""
     sure = (small >= level).astype(np.uint8)  # distanceTransform: the distance to the nearest 0
     distance = cv2.distanceTransform(sure, cv2.DIST_L2, 3)
-    pixels = distance <= band * w / confidence.shape[1]
+    pixels = distance <= band
     return None if not pixels.any() or pixels.mean() > 0.9 else pixels
 
 
@@ -361,17 +372,21 @@ def refine_probabilities(
     """
     probs = np.asarray(probs)
     check_probabilities(probs.shape, getattr(reference, "shape", None))
-    pixels = None
+    pixels, small = None, None
     if band > 0:
-        shared = confidence if np.ndim(confidence) == 2 else np.min(confidence, axis=0)
-        pixels = band_pixels(np.asarray(shared), _working_size(*probs.shape[1:], params.max_side), band, level)
+        work = _working_size(*probs.shape[1:], params.max_side)
+        shared = np.asarray(confidence if np.ndim(confidence) == 2 else np.min(confidence, axis=0))
+        small = _resize(shared[None], work, cv2.INTER_AREA)[0]
+        pixels = _band_of(small, band * work[1] / shared.shape[1], level)
+        if np.ndim(confidence) != 2:
+            small = None  # the solver takes each channel's own
     grid = BilateralGrid(reference, params, pixels)
     if probs.shape[0] == 2 and np.ndim(confidence) == 2:
         refined = np.empty(probs.shape, dtype=np.float32)
-        refined[1:] = grid.solve(probs[1:], confidence)
+        refined[1:] = grid.solve(probs[1:], confidence, work_confidence=small)
         np.subtract(1.0, refined[1], out=refined[0])
     else:
-        refined = grid.solve(probs, confidence)
+        refined = grid.solve(probs, confidence, work_confidence=small)
     np.clip(refined, 0.0, 1.0, out=refined)
     total = refined.sum(axis=0, keepdims=True)
     # A pixel where every channel was clipped to 0 falls back to background rather than NaN.

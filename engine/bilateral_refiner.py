@@ -17,7 +17,11 @@ def top_two_margin(probs: np.ndarray) -> np.ndarray:
     """(K + 1, H, W) -> (H, W): largest minus second-largest channel (the largest itself for K = 0).
 
     One elementwise pass per channel; ``np.partition`` along the outer axis is ~8x slower at 480p.
+    Two channels (one object): |p0 - p1|, the same numbers in two passes instead of four.
     """
+    if probs.shape[0] == 2:
+        margin = np.subtract(probs[0], probs[1])
+        return np.abs(margin, out=margin)
     first = probs[0].copy()
     second = np.zeros_like(first)
     for channel in probs[1:]:

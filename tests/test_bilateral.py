@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -178,10 +179,33 @@ def test_background_is_what_the_solved_objects_leave(monkeypatch, objects: int) 
     every = np.clip(every, 0.0, 1.0) / np.clip(every, 0.0, 1.0).sum(axis=0)
     solved = []
     solve = BilateralGrid.solve
-    monkeypatch.setattr(BilateralGrid, "solve", lambda self, t, c: solved.append(len(t)) or solve(self, t, c))
+    monkeypatch.setattr(
+        BilateralGrid, "solve", lambda self, t, c, **kw: solved.append(len(t)) or solve(self, t, c, **kw)
+    )
     out = refine_probabilities(img, probs, confidence, params)
     assert solved == [1 if objects == 1 else objects + 1]
     np.testing.assert_allclose(out, every, atol=1e-5)
+
+
+def test_the_margin_of_one_object_and_a_confidence_resized_once_change_nothing() -> None:
+    """Two shortcuts of the CPU refiners give the same numbers: the top-two margin of two channels as
+    |p0 - p1|, and the band's confidence at the working resolution handed to the solver."""
+    rng = np.random.default_rng(0)
+    for channels in (2, 3):
+        probs = rng.random((channels, 30, 50)).astype(np.float32)
+        top = np.sort(probs, axis=0)
+        np.testing.assert_array_equal(top_two_margin(probs), top[-1] - top[-2])
+    region = _disc()
+    obj = _box_blur(np.roll(region, 4, axis=1), 4)
+    probs = np.stack([1.0 - obj, obj]).astype(np.float32)
+    confidence = top_two_margin(probs)
+    img = _two_colour(region, noise=12.0)
+    params = BilateralParams(max_side=W // 2)
+    grid = BilateralGrid(img, params)
+    small = cv2.resize(confidence, grid.work_shape[::-1], interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(
+        grid.solve(probs[1:], confidence, work_confidence=small), grid.solve(probs[1:], confidence)
+    )
 
 
 def test_band_is_the_pixels_near_uncertain_ones() -> None:
