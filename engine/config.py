@@ -203,7 +203,10 @@ class SessionConfig:
     # -0.43 (seeds 0 / 1 / 2; twenty-ninth round) with the key frame before alone, -0.40 / -0.40
     # (seeds 0 / 1) with both key frames (``carry_between``), for +12% fps over the 30
     # training sequences. Off by default since the thirty-first round: with ``carry_between`` the
-    # defaults gained both (README). The solver alone on the carried frames lost 1.5 points.
+    # defaults gained both (README). The solver alone on the carried frames lost 1.5 points. The
+    # solver after the learned refiner at 384 or 256 working pixels instead: +0.32 / +0.17 (seed 0)
+    # for 7.0 / 4.9 ms a carried frame against 9.4 at 512; a guided filter weighted by the margin
+    # +0.17 for 4.4 ms (README, thirty-second round): not in the defaults either.
     carried_bilateral: bool = False
     # A frame carried at the grid (``carry_refined`` off) between two key frames takes the mean of
     # the key frame before, moved forward along the optical flow, and the key frame after, moved back
