@@ -25,8 +25,12 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 #   about twice the file size. Max side 512 instead (twenty-ninth round: -1.4 points) gained 5%:
 #   decoding, refinement and encoding stay whatever the network does.
 # - "accurate": the defaults before the twenty-ninth round: max side 768, a frame carried only where
-#   the objects moved at most half a grid cell, its last output moved and not refined again (on a
-#   CPU; a GPU sees every frame). CV 0.866, 20.1 fps (28.6 for the defaults in that sitting).
+#   the objects moved at most half a grid cell (on a CPU; a GPU sees every frame). CV 0.866, 20.1
+#   fps (28.6 for the defaults in that sitting). Its carried frames took the last output moved and
+#   not refined again until the thirty-second round; now they take both key frames and are refined
+#   by the learned refiner and the solver: CV 0.8689 -> 0.8706 / 0.8641 -> 0.8659 (seeds 0 / 1; 18 / 3
+#   and 17 / 4 sequences better / worse), multi-object twins 0.657 -> 0.661, crowd 0.569 -> 0.571,
+#   14.27 -> 14.12 fps over the 30 sequences (float32, interleaved).
 # Carried frames lose small objects among several (README, twenty-first round); a carried frame's
 # last output moved instead of refined again cost the fixed interval 1.45 points of CV J&F
 # (twenty-fourth round). Max side 896 with every cell retrieved (the "accurate" of the twenty-first
@@ -34,7 +38,7 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 PRESETS: dict[str, dict[str, object]] = {
     "fast": {},
     "balanced": {},
-    "accurate": {"max_size": 768, "carry_motion": 0.5, "carry_refined": True},
+    "accurate": {"max_size": 768, "carry_motion": 0.5, "carried_bilateral": True},
 }
 ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
 

@@ -314,8 +314,9 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     """``balanced`` is the defaults: every other frame carried whatever the motion, from the key
     frames on both sides, and refined again by the learned refiner alone, at max side 640 unless the
     model says otherwise; ``--preset fast`` the same masks (its overlay is encoded faster), over the
-    model's own settings; ``accurate`` 768, frames carried only where the objects moved little, not
-    refined again, an option given beside it winning; an unknown name is refused."""
+    model's own settings; ``accurate`` 768, frames carried only where the objects moved little, from
+    both key frames and refined by both refiners, an option given beside it winning; an unknown name
+    is refused."""
     defaults = SessionConfig()
     assert defaults.max_size == 640 and defaults.keyframe_interval == 2 and defaults.fixed_interval
     assert not defaults.carry_refined and not defaults.carried_bilateral and defaults.carry_between
@@ -326,7 +327,8 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     assert fast == balanced and fast.max_size == 256 and fast.retrieval.k == 3
     accurate = session_config_for(model, preset="accurate")
     assert accurate.max_size == 768 and accurate.carries_by_motion and accurate.carry_motion == 0.5
-    assert accurate.carry_refined and not accurate.fixed_interval
+    assert not accurate.carry_refined and accurate.carry_between and accurate.carried_bilateral
+    assert not accurate.fixed_interval
     assert session_config_for(model, preset="accurate", max_size=896).max_size == 896
     with pytest.raises(VosError, match="preset"):
         session_config_for(model, preset="fastest")
