@@ -1,8 +1,9 @@
 """A whole video as a generator of id masks: ``segment_video(model, frames, first_mask)``.
 
-The session refined in frame order after stepping on, as the CLI refines (vosctl.pipeline): a frame
-carried between two key frames waits for the second (engine.between). The training run's validation
-(trainer.validate) goes through it, so it scores what ``vosctl segment`` gives.
+Frames are refined in frame order after the session has stepped on, as the CLI refines them
+(vosctl.pipeline): a frame carried between two key frames waits for the second (engine.between).
+The training run's validation (trainer.validate) goes through it, so it scores what ``vosctl
+segment`` gives.
 """
 
 from __future__ import annotations
