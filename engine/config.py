@@ -198,8 +198,9 @@ class SessionConfig:
     # multi-object dev clips -0.1 to -0.3 mean J per object; 8% less CPU a frame over the 30
     # training sequences, +3.5% fps printed (two interleaved runs over them), +4.5% idle and loaded
     # in process (four clips). README, twenty-fourth round. Without ``prior_flow`` (no flow)
-    # carried frames are refined. The "accurate" preset's; with every other frame carried (the
-    # defaults) the moved output cost 1.45 points of CV J&F (twenty-fourth round), so they are refined.
+    # carried frames are refined. With every other frame carried (the defaults) the moved output cost
+    # 1.45 points of CV J&F (twenty-fourth round), so they are refined; the "accurate" preset's until
+    # the thirty-second round, where refining its carried frames from both key frames gained 0.17.
     carry_refined: bool = False
     # Off: a frame carried at the grid (``carry_refined`` off) is refined by the learned refiner
     # alone, not the bilateral solver after it (with ``refine`` "learned+bilateral"; a frame the
