@@ -34,6 +34,11 @@ from engine.mask_refiner import RefinerConfig, build_refiner_net, save_refiner
 from trainer.codec import through_codec
 from trainer.data import _read_rgb, list_sequences, load_sequence
 
+# The recipe's frames' random scale before cropping and the simulated grid's cell sides (pixels of
+# the scaled frame, inclusive): those of the 768 grid on 480p frames.
+SCALE = (0.75, 1.25)
+CELLS = (7, 11)
+
 
 @dataclass(frozen=True)
 class RefinerTrainSettings:
@@ -49,10 +54,14 @@ class RefinerTrainSettings:
     threads: int | None = None
     config: RefinerConfig = RefinerConfig()
     codec_crf: int | None = None  # train on the frames as H.264 at this CRF leaves them (trainer.codec)
-    # The frames' random scale before cropping (of the stored frames) and the simulated grid's cell
-    # side range (pixels of the scaled frame, inclusive).
-    scale: tuple[float, float] = (0.75, 1.25)
-    cells: tuple[int, int] = (7, 11)
+    scale: tuple[float, float] = SCALE  # of the stored frames
+    cells: tuple[int, int] = CELLS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise VosError(f"--scale needs 0 < MIN <= MAX, not {self.scale}.")
+        if not 1 <= self.cells[0] <= self.cells[1]:
+            raise VosError(f"--cells needs 1 <= MIN <= MAX, not {self.cells}.")
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def _crop_box(mask: np.ndarray, size: int, rng: np.random.Generator) -> tuple[in
     return int(np.clip(cy - size // 2, 0, h - size)), int(np.clip(cx - size // 2, 0, w - size))
 
 
-def simulate_coarse(mask: torch.Tensor, rng: np.random.Generator, cells: tuple[int, int] = (7, 11)) -> torch.Tensor:
+def simulate_coarse(mask: torch.Tensor, rng: np.random.Generator, cells: tuple[int, int] = CELLS) -> torch.Tensor:
     """(H, W) float {0, 1} ground truth -> (H, W) probabilities like an upsampled stride-8 prediction
     whose cells are ``cells`` pixels (inclusive range)."""
     h, w = mask.shape
@@ -141,8 +150,8 @@ def make_batch(
     crop: int,
     seed: int,
     step: int,
-    scale: tuple[float, float] = (0.75, 1.25),
-    cells: tuple[int, int] = (7, 11),
+    scale: tuple[float, float] = SCALE,
+    cells: tuple[int, int] = CELLS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images (B, 3, crop, crop) float in [0, 255], coarse (B, 1, crop, crop), target (B, 1, crop, crop)):
     frames scaled at random within ``scale``, coarse inputs of ``cells``-pixel cells."""

@@ -54,9 +54,6 @@ def train_refiner(
 
         if crop % 4:
             raise VosError("--crop must be a multiple of 4.")
-        low, high = parse_scale(scale)
-        if not 0 < low <= high:
-            raise VosError(f"--scale needs 0 < MIN <= MAX, not '{scale}'.")
         settings = RefinerTrainSettings(
             data=data,
             out=out_dir,
@@ -69,7 +66,7 @@ def train_refiner(
             seed=seed,
             config=RefinerConfig(encoder=encoder, width=width, fine=fine),
             codec_crf=codec_crf,
-            scale=(low, high),
+            scale=parse_scale(scale),
             cells=parse_cells(cells),
         )
         path = run(settings=settings, log=out.print)
@@ -77,11 +74,9 @@ def train_refiner(
 
 
 def parse_cells(value: str) -> tuple[int, int]:
-    """'MIN,MAX' -> (MIN, MAX) cell sides in pixels, 1 <= MIN <= MAX."""
+    """'MIN,MAX' -> (MIN, MAX) cell sides in pixels; the range itself is checked by RefinerTrainSettings."""
     try:
         low, high = (int(v) for v in value.split(","))
     except ValueError:
         raise VosError(f"--cells takes MIN,MAX such as 7,11, not '{value}'.") from None
-    if not 1 <= low <= high:
-        raise VosError(f"--cells needs 1 <= MIN <= MAX, not '{value}'.")
     return low, high
