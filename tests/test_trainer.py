@@ -26,6 +26,7 @@ from trainer.data import IGNORE, DavisTrainingSet, load_sequence, make_loader, s
 from trainer.loss import anchor_losses, pixelwise_triplet_loss, sample_anchors
 from trainer.settings import (
     DataSettings,
+    LossSettings,
     ModelSettings,
     OptimSettings,
     RunSettings,
@@ -363,7 +364,15 @@ def assert_same_state(a, b) -> None:
 def test_settings_survive_the_checkpoint_round_trip(tmp_path):
     settings = tiny_settings(tmp_path, tmp_path / "out", stop_after=3)
     settings = replace(settings, model=replace(settings.model, skip=0.5, inference={"spatial_weight": 1.0}))
+    settings = replace(settings, loss=LossSettings(kind="vote", vote_k=3, vote_temperature=0.1))
     assert settings_from_dict(settings_to_dict(settings)) == settings
+
+
+def test_bad_loss_settings_are_refused():
+    with pytest.raises(VosError, match="Unknown --loss 'nca'; choose one of: triplet, vote"):
+        LossSettings(kind="nca")
+    with pytest.raises(VosError, match="--vote-temperature must be positive"):
+        LossSettings(kind="vote", vote_temperature=0.0)
 
 
 # ---- errors --------------------------------------------------------------------------------------

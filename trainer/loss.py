@@ -22,10 +22,19 @@ nearest other-label one (d = 0.9).
 
 Anchors: up to ``anchors_per_label`` pixels per label of the anchor frame, drawn uniformly, so that
 a small object counts as much as the background.
+
+The vote loss (``kind="vote"``) trains for the rule inference applies instead of its first
+neighbour alone: the anchor's ``k`` nearest pool pixels, and its nearest same-label one when it is
+not among them, are weighted by ``softmax(-d / temperature)`` as :mod:`engine.retrieval` weights its
+k neighbours' votes, and the loss is ``-log`` of the weight its own label gets, its own label's
+distances counted ``margin`` longer (so it must win by the margin, as in the triplet). It pulls the
+nearest same-label pixel in and pushes every wrong one of the k away, in proportion to the vote it
+would cast.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +42,14 @@ import torch
 from trainer.data import IGNORE
 
 _FAR = 1e4  # stands in for "no such pool pixel" in the masked minima
+LOSS_KINDS = ("triplet", "vote")
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar, differentiable
     anchors: int  # anchors that had a triplet
-    active: float  # fraction of those with a positive loss (violating the margin)
+    active: float  # fraction of those violating the margin (triplet) or outvoted (vote: own label under half)
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -54,20 +64,43 @@ def anchor_losses(
     pool_labels: torch.Tensor,
     *,
     margin: float,
+    kind: str = "triplet",
+    k: int = 5,
+    temperature: float = 0.05,
 ) -> torch.Tensor:
-    """Per-anchor loss of the anchors that have a triplet.
+    """Per-anchor loss of the anchors that have a triplet (a same-label and an other-label pool pixel).
 
     anchors (N, D), anchor_labels (N,), pool (M, D), pool_labels (M,); embeddings unit length,
     labels integers (pool pixels labelled IGNORE are not candidates). Returns (N',), N' <= N.
+    ``kind`` "triplet" (with ``margin``) or "vote" (with ``k`` and ``temperature``; module docstring).
     """
     keep = pool_labels != IGNORE
     pool, pool_labels = pool[keep], pool_labels[keep]
     d = squared_distances(anchors.float(), pool.float())
     same = anchor_labels[:, None] == pool_labels[None, :]
-    d_pos = d.masked_fill(~same, _FAR).min(dim=1).values if len(pool) else d.new_zeros(len(anchors))
-    d_neg = d.masked_fill(same, _FAR).min(dim=1).values if len(pool) else d.new_zeros(len(anchors))
     has_triplet = same.any(dim=1) & (~same).any(dim=1)
+    if not len(pool):
+        return d.new_zeros(0)
+    d_pos = d.masked_fill(~same, _FAR).min(dim=1).values
+    if kind == "vote":
+        return _vote_losses(d, same, d_pos, k=k, temperature=temperature, margin=margin)[has_triplet]
+    d_neg = d.masked_fill(same, _FAR).min(dim=1).values
     return (d_pos - d_neg + margin).clamp_min(0.0)[has_triplet]
+
+
+def _vote_losses(
+    d: torch.Tensor, same: torch.Tensor, d_pos: torch.Tensor, *, k: int, temperature: float, margin: float
+) -> torch.Tensor:
+    """-log of the softmax vote an anchor's own label gets from its k nearest pool pixels and its
+    nearest same-label one (counted once when it is among the k), the own label's distances counted
+    ``margin`` longer. (N, M), (N, M), (N,) -> (N,)."""
+    top_d, top_i = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+    top_same = same.gather(1, top_i)
+    # The nearest same-label pixel as one more candidate, dropped (-inf) where it is already among the k.
+    pos_logit = (-(d_pos + margin) / temperature).masked_fill(top_same.any(dim=1), float("-inf"))
+    logits = torch.cat([-(top_d + margin * top_same) / temperature, pos_logit[:, None]], dim=1)
+    own = torch.cat([top_same, torch.ones_like(top_same[:, :1])], dim=1)
+    return torch.logsumexp(logits, dim=1) - torch.logsumexp(logits.masked_fill(~own, float("-inf")), dim=1)
 
 
 def sample_anchors(labels: torch.Tensor, per_label: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,6 +123,9 @@ def pixelwise_triplet_loss(
     anchors_per_label: int,
     margin: float,
     generator: torch.Generator,
+    kind: str = "triplet",
+    k: int = 5,
+    temperature: float = 0.05,
 ) -> LossOutput:
     """Mean anchor loss over a batch.
 
@@ -111,11 +147,14 @@ def pixelwise_triplet_loss(
                 pool_emb,
                 pool_lab.to(device),
                 margin=margin,
+                kind=kind,
+                k=k,
+                temperature=temperature,
             )
         )
     per_anchor = torch.cat(losses)
     if len(per_anchor) == 0:
         # Zero, but still through the graph, so every process reduces the same gradients.
         return LossOutput(embeddings.sum() * 0.0, 0, 0.0)
-    active = float((per_anchor > 0).float().mean())
+    active = float((per_anchor > (math.log(2.0) if kind == "vote" else 0.0)).float().mean())
     return LossOutput(per_anchor.mean(), len(per_anchor), active)

@@ -16,6 +16,7 @@ from typing import Any
 from engine.errors import VosError
 from engine.model import ModelConfig
 from engine.session import SessionConfig
+from trainer.loss import LOSS_KINDS
 
 
 @dataclass(kw_only=True)
@@ -111,13 +112,22 @@ class ModelSettings:
 @dataclass(kw_only=True)
 class LossSettings:
     anchors_per_label: int = 256
-    margin: float = 0.7  # on the squared distance 2 - 2 cos, which lies in [0, 4]
+    kind: str = "triplet"  # trainer.loss.LOSS_KINDS
+    margin: float = 0.7  # on the squared distance 2 - 2 cos, which lies in [0, 4] (both losses)
+    vote_k: int = 5  # the vote loss's neighbours and temperature (as retrieval's k and temperature)
+    vote_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if self.anchors_per_label < 1:
             raise VosError("--anchors-per-label must be at least 1.")
+        if self.kind not in LOSS_KINDS:
+            raise VosError(f"Unknown --loss '{self.kind}'; choose one of: {', '.join(LOSS_KINDS)}.")
         if self.margin < 0:
             raise VosError("--margin must not be negative.")
+        if self.vote_k < 1:
+            raise VosError("--vote-k must be at least 1.")
+        if self.vote_temperature <= 0:
+            raise VosError("--vote-temperature must be positive.")
 
 
 @dataclass(kw_only=True)

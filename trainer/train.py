@@ -365,6 +365,9 @@ def _train(settings: TrainSettings, device: torch.device, local_world: int) -> T
                 anchors_per_label=settings.loss.anchors_per_label,
                 margin=settings.loss.margin,
                 generator=generator,
+                kind=settings.loss.kind,
+                k=settings.loss.vote_k,
+                temperature=settings.loss.vote_temperature,
             )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:

@@ -99,9 +99,26 @@ def train(
     anchors_per_label: Annotated[
         int, typer.Option("--anchors-per-label", min=1, help="Anchor pixels drawn per label and sample.")
     ] = 256,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="triplet: the paper's (nearest same-label vs nearest other-label pixel, --margin); "
+            "vote: -log of the share of the softmax vote of the k nearest pixels that the anchor's "
+            "own label gets, as retrieval votes (--vote-k, --vote-temperature, --margin).",
+        ),
+    ] = "triplet",
     margin: Annotated[
-        float, typer.Option("--margin", min=0.0, help="Triplet margin on the squared distance 2 - 2cos.")
+        float,
+        typer.Option(
+            "--margin", min=0.0, help="By how much, on the squared distance 2 - 2cos, the own label must win."
+        ),
     ] = 0.7,
+    vote_k: Annotated[int, typer.Option("--vote-k", min=1, help="Neighbours that vote in the vote loss.")] = 5,
+    vote_temperature: Annotated[
+        float,
+        typer.Option("--vote-temperature", min=1e-6, help="Softmax temperature of the vote loss, on 2 - 2cos."),
+    ] = 0.05,
     cache_features: Annotated[
         bool,
         typer.Option(
@@ -269,7 +286,13 @@ def train(
                 skip=skip,
                 inference=parse_inference(infer),
             ),
-            loss=LossSettings(anchors_per_label=anchors_per_label, margin=margin),
+            loss=LossSettings(
+                anchors_per_label=anchors_per_label,
+                kind=loss,
+                margin=margin,
+                vote_k=vote_k,
+                vote_temperature=vote_temperature,
+            ),
             optim=OptimSettings(batch_size=batch_size, lr=lr, weight_decay=weight_decay),
             run=RunSettings(
                 out=out_dir,
