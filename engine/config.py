@@ -30,7 +30,8 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 #   not refined again until the thirty-second round; now they take both key frames and are refined
 #   by the learned refiner and the solver: CV 0.8689 -> 0.8706 / 0.8641 -> 0.8659 (seeds 0 / 1; 18 / 3
 #   and 17 / 4 sequences better / worse), multi-object twins 0.657 -> 0.661, crowd 0.569 -> 0.571,
-#   14.27 -> 14.12 fps over the 30 sequences (float32, interleaved).
+#   14.27 -> 14.12 fps over the 30 sequences (float32, interleaved). Its learned refiner at 640
+#   working pixels (thirty-third round): CV 0.8706 -> 0.8730 (seed 0; 24 / 6), 14.82 -> 14.40 fps.
 # Carried frames lose small objects among several (README, twenty-first round); a carried frame's
 # last output moved instead of refined again cost the fixed interval 1.45 points of CV J&F
 # (twenty-fourth round). Max side 896 with every cell retrieved (the "accurate" of the twenty-first
@@ -38,7 +39,7 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 PRESETS: dict[str, dict[str, object]] = {
     "fast": {},
     "balanced": {},
-    "accurate": {"max_size": 768, "carry_motion": 0.5, "carried_bilateral": True},
+    "accurate": {"max_size": 768, "carry_motion": 0.5, "carried_bilateral": True, "learned_size": 640},
 }
 ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
 
@@ -74,8 +75,8 @@ class SessionConfig:
     # thread absorbs its cost (bear at 480p: 0.140 against 0.146 s a frame). README, tenth round.
     refine: str = "learned+bilateral"
     refiner_file: str | None = None  # a refiner file from `vosctl train-refiner`; None: the shipped one
-    # The working resolution of the refiners (longer side, 0: the frame's own: the learned refiner's
-    # and the bilateral solver's) and the solver's smoothness
+    # The bilateral solver's working resolution (longer side, 0: the frame's own; the learned
+    # refiner's too until the thirty-third round: ``learned_size`` below) and its smoothness
     # weight (engine.bilateral_params.BilateralParams ``max_side`` and ``lam``), solved only on the
     # window around the uncertain pixels (``refine_crop``, the CPU solver) at the resolution
     # ``refine_size`` gives the whole frame. Five-fold cross-validation over the 30 training
@@ -83,6 +84,15 @@ class SessionConfig:
     # 128 (28 sequences better, 2 worse); the window keeps the cost of the old whole-frame solve
     # (bear at 480p: refine 0.056 against 0.068 s a frame).
     refine_size: int = 512
+    # The learned refiner works at the resolution that makes the frame's longer side ``learned_size``
+    # (0: the frame's own size; the solver keeps ``refine_size``). 512 until the thirty-third round,
+    # chosen on the 768 grid. On the 640 grid of the defaults, CV J&F (seeds 0 / 1) against 512:
+    # 576 +0.15 / +0.13 (23 / 7 sequences better / worse with each), 640 +0.24 / +0.20 (23 / 7, 22 /
+    # 8; the solver at 640 too +0.03 more); over the 30 sequences as mp4, interleaved, fps printed
+    # float32 20.71 -> 20.65 at 576, 21.43 -> 20.83 at 640; bfloat16 27.61 -> 26.15 at 576, 24.52 at
+    # 640 (the learned refiner runs in float32 in both). 576 is the default; ``accurate`` takes 640.
+    # README, thirty-third round.
+    learned_size: int = 576
     refine_lambda: float = 512.0
     refine_crop: bool = True
     # Of that window the CPU solver's grid holds only the pixels within ``refine_band`` pixels (of
@@ -241,8 +251,8 @@ class SessionConfig:
             raise VosError("The temporal prior needs a radius of zero or more, and a floor and a lost level in [0, 1].")
         if self.runtime not in RUNTIMES:
             raise VosError(f"Unknown runtime '{self.runtime}'; choose one of: {', '.join(RUNTIMES)}.")
-        if self.refine_size < 0 or self.refine_lambda < 0 or self.refine_band < 0:
-            raise VosError("The refinement size, smoothness weight and band must be zero or more.")
+        if min(self.refine_size, self.learned_size, self.refine_lambda, self.refine_band) < 0:
+            raise VosError("The refinement sizes, smoothness weight and band must be zero or more.")
         if self.refine_iterations < 1:
             raise VosError("The refinement needs at least one solver iteration.")
         if self.gate_margin < 0:

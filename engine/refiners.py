@@ -73,6 +73,7 @@ def make_refiner(
     band: float = 0.0,
     refiner_file: str | None = None,
     runtime: str = "torch",
+    learned_size: int | None = None,
 ):
     """``refiner(frame, probs) -> probs`` for :attr:`SessionConfig.refine` ``name``, or None for "none".
 
@@ -80,8 +81,9 @@ def make_refiner(
     on CUDA or MPS, which keeps the probabilities on the device; both solve the same system.
     ``crop`` (the numpy solver on the uncertain window only) and ``band`` (its grid on the pixels
     near uncertain ones only) have no effect on the torch solver.
-    "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one), at the
-    solver's working resolution (``params.max_side``), its network run by ``runtime``
+    "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one), at longer
+    side ``learned_size`` (None: the solver's working resolution, ``params.max_side``; 0: the
+    frame's own size), its network run by ``runtime``
     (:func:`learned_refiner`); "learned+bilateral" runs the solver after it.
     """
     key = name.strip().lower()
@@ -91,7 +93,9 @@ def make_refiner(
         return None
     stages = []
     if key.startswith("learned"):
-        work_size = (params.max_side or 0) if params is not None else None  # 0: the frame's own size
+        work_size = learned_size
+        if work_size is None and params is not None:
+            work_size = params.max_side or 0  # 0: the frame's own size
         stages.append(learned_refiner(refiner_file, device, work_size, runtime))
     if key.endswith("bilateral"):
         stages.append(_bilateral(device, params, crop, band))

@@ -102,6 +102,7 @@ class VideoSession:
                 band=self.config.refine_band,
                 runtime=self.config.runtime,
                 refiner_file=self.config.refiner_file,
+                learned_size=self.config.learned_size,
             )
             if isinstance(refiner, RefinerChain) and not self.config.carried_bilateral:
                 carried = refiner.stages[0]  # the learned refiner, without the solver after it

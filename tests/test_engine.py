@@ -320,6 +320,7 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     defaults = SessionConfig()
     assert defaults.max_size == 640 and defaults.keyframe_interval == 2 and defaults.fixed_interval
     assert not defaults.carry_refined and not defaults.carried_bilateral and defaults.carry_between
+    assert defaults.learned_size == 576 and defaults.refine_size == 512
     model = create_model(ModelConfig(backbone="tiny", inference={"k": 3, "max_size": 256}), pretrained=False)
     balanced = session_config_for(model, preset="balanced")
     assert balanced == session_config_for(model) and balanced.max_size == 256 and balanced.fixed_interval
@@ -328,7 +329,7 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     accurate = session_config_for(model, preset="accurate")
     assert accurate.max_size == 768 and accurate.carries_by_motion and accurate.carry_motion == 0.5
     assert not accurate.carry_refined and accurate.carry_between and accurate.carried_bilateral
-    assert not accurate.fixed_interval
+    assert not accurate.fixed_interval and accurate.learned_size == 640
     assert session_config_for(model, preset="accurate", max_size=896).max_size == 896
     with pytest.raises(VosError, match="preset"):
         session_config_for(model, preset="fastest")

@@ -118,10 +118,13 @@ def test_refinement_settings_reach_the_solver(tiny_model):
         SessionConfig(refine_iterations=0)
     full = VideoSession(tiny_model, SessionConfig(refine="bilateral", refine_size=0))
     assert full.refiner.params.max_side is None
-    # The default chain: the learned refiner works at the solver's resolution (0: the frame's own).
+    # The default chain: each at its own working resolution (0: the frame's own).
     learned, solver = VideoSession(tiny_model, SessionConfig(refine_size=384)).refiner.stages
-    assert learned.work_size == 384 and solver.params.max_side == 384
-    assert VideoSession(tiny_model, SessionConfig(refine_size=0)).refiner.stages[0].work_size == 0
+    assert learned.work_size == 576 and solver.params.max_side == 384
+    learned, solver = VideoSession(tiny_model, SessionConfig(learned_size=0, refine_size=0)).refiner.stages
+    assert learned.work_size == 0 and solver.params.max_side is None
+    with pytest.raises(VosError, match="refinement sizes"):
+        SessionConfig(learned_size=-1)
 
 
 def test_the_uncertain_window_is_the_unsure_pixels_box_widened():
