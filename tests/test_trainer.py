@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from engine.model import TIME_HORIZON, ModelConfig, create_model
 from engine.session import session_config_for
 from trainer.cache import FeatureCacheSet
 from trainer.checkpoint import load_checkpoint
-from trainer.data import IGNORE, DavisTrainingSet, load_sequence, make_loader, split_sequences
+from trainer.data import IGNORE, DavisTrainingSet, load_sequence, split_sequences
 from trainer.loss import anchor_losses, pixelwise_triplet_loss, sample_anchors
 from trainer.settings import (
     DataSettings,
@@ -221,9 +223,24 @@ def test_samples_are_deterministic_whatever_the_worker_count(davis):
     assert one["labels"].shape == (3, 8, 8) and set(one["labels"].unique().tolist()) <= {IGNORE, 0, 1}
     assert torch.equal(one["images"], again["images"]) and torch.equal(one["labels"], again["labels"])
     assert not torch.equal(ds[6]["images"], one["images"])
-    batches = [next(iter(make_loader(ds, batch_size=2, first_step=1, steps=2, workers=w, pin=False))) for w in (0, 1)]
-    assert torch.equal(batches[0]["images"], batches[1]["images"])
-    assert torch.equal(batches[0]["images"][0], ds[2]["images"])  # step 1 starts at sample 2
+    # The spawned worker runs from a fresh interpreter: this process, after the suite's earlier tests
+    # (OpenVINO and its threads loaded), crashed now and then while receiving the worker's batch.
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from trainer.data import DavisTrainingSet, load_sequence, make_loader\n"
+        "root = Path(sys.argv[1])\n"
+        "seqs = [load_sequence(root, n) for n in ('a', 'b')]\n"
+        "ds = DavisTrainingSet(seqs, crop=64, frames_per_sample=3, scale=(0.8, 1.2), jitter=0.3, seed=3)\n"
+        "b = [next(iter(make_loader(ds, batch_size=2, first_step=1, steps=2, workers=w, pin=False))) for w in (0, 1)]\n"
+        "assert torch.equal(b[0]['images'], b[1]['images'])\n"
+        "assert torch.equal(b[0]['images'][0], ds[2]['images'])  # step 1 starts at sample 2\n"
+        "print('same batches')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(davis)], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert run.returncode == 0 and "same batches" in run.stdout, run.stderr[-2000:]
 
 
 def test_multi_object_palette_masks_keep_their_objects(tmp_path):
