@@ -82,8 +82,8 @@ def make_refiner(
     ``crop`` (the numpy solver on the uncertain window only) and ``band`` (its grid on the pixels
     near uncertain ones only) have no effect on the torch solver.
     "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one), at longer
-    side ``learned_size`` (None: the solver's working resolution, ``params.max_side``; 0: the
-    frame's own size), its network run by ``runtime``
+    side ``learned_size`` (None: the refiner's default; 0: the frame's own size; the solver's is
+    ``params.max_side``), its network run by ``runtime``
     (:func:`learned_refiner`); "learned+bilateral" runs the solver after it.
     """
     key = name.strip().lower()
@@ -93,10 +93,7 @@ def make_refiner(
         return None
     stages = []
     if key.startswith("learned"):
-        work_size = learned_size
-        if work_size is None and params is not None:
-            work_size = params.max_side or 0  # 0: the frame's own size
-        stages.append(learned_refiner(refiner_file, device, work_size, runtime))
+        stages.append(learned_refiner(refiner_file, device, learned_size, runtime))
     if key.endswith("bilateral"):
         stages.append(_bilateral(device, params, crop, band))
     return stages[0] if len(stages) == 1 else RefinerChain(stages)
