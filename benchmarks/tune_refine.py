@@ -27,7 +27,6 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,10 +34,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.coarse_maps import coarse_grids, read_sequence  # noqa: E402
 from benchmarks.cross_validate import CV_ROOT, FOLDS, fold_model, parse_value  # noqa: E402
 from engine.bilateral_params import BilateralParams  # noqa: E402
 from engine.bilateral_refiner import BilateralRefiner  # noqa: E402
-from engine.datasets import read_annotation, read_split, sequence_annotations, sequence_frames  # noqa: E402
+from engine.datasets import read_split  # noqa: E402
 from engine.factory import build_model  # noqa: E402
 from engine.metrics import f_measure, jaccard  # noqa: E402
 from engine.refiners import RefinerChain, learned_refiner  # noqa: E402
@@ -85,18 +85,12 @@ def coarse_sequence(
     """Frames, unrefined (K + 1, H, W) probabilities and ground truths of one sequence.
 
     The grid probabilities (what the session upsamples before refining) are kept in ``cache``."""
-    paths = list(zip(sequence_frames(CV_ROOT, seq), sequence_annotations(CV_ROOT, seq), strict=True))
-    frames = [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f, _ in paths]
-    truths = [read_annotation(a) for _, a in paths]
+    frames, truths = read_sequence(CV_ROOT, seq)
     file = cache / f"{seq}.pt"
     if file.exists():
         grids = torch.load(file)
     else:
-        session = VideoSession(model, config, device="cpu")
-        grids = []
-        for index, (frame, truth) in enumerate(zip(frames, truths, strict=True)):
-            session.step_batch([frame], [truth if index == 0 else None], refine=False)
-            grids.append(session.propagator._previous.clone())
+        grids = coarse_grids(VideoSession(model, config, device="cpu"), frames, truths[0])
         cache.mkdir(parents=True, exist_ok=True)
         torch.save(grids, file)
     size = frames[0].shape[:2]

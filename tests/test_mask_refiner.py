@@ -229,6 +229,56 @@ def test_batches_are_a_function_of_seed_and_step(tmp_path):
     )
 
 
+def write_coarse(folder, name: str, grids: list[torch.Tensor]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(grids, folder / f"{name}.pt")
+
+
+def test_real_coarse_inputs_replace_the_simulated_ones_for_their_share(tmp_path):
+    """--coarse-dir: a sample of a frame with real grids takes its object's channel, upsampled and
+    cropped with the frame; a constant channel stays that constant, which no simulation gives."""
+    from trainer.refiner_train import load_frames
+
+    root = make_davis(tmp_path / "davis", names=("a", "b"), frames=3, size=64, objects=2)
+    coarse = tmp_path / "coarse"
+    for name in ("a", "b"):  # channel 1 (object id 1) 0.25, channel 2 (id 2) 0.75, on an 8x8 grid
+        write_coarse(coarse, name, [torch.stack([torch.full((8, 8), v) for v in (0.0, 0.25, 0.75)])] * 3)
+    real = load_frames(root, ["a", "b"], every=1, coarse_dir=coarse)
+    assert real[0].channels == {1: 1, 2: 2}
+    given = make_batch(real, batch=6, crop=32, seed=0, step=0, coarse_share=1.0)[1]
+    for sample in given:  # each sample is one object's channel, whole
+        assert any(torch.allclose(sample, torch.full_like(sample, v)) for v in (0.25, 0.75))
+    simulated = make_batch(real, batch=6, crop=32, seed=0, step=0, coarse_share=0.0)[1]
+    assert not any(torch.allclose(sample, torch.full_like(sample, float(sample.mean()))) for sample in simulated)
+    # a share of 0 draws the samples of frames without real grids: the recipe's own, unchanged
+    plain = load_frames(root, ["a", "b"], every=1)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            make_batch(plain, batch=6, crop=32, seed=0, step=0),
+            make_batch(real, batch=6, crop=32, seed=0, step=0, coarse_share=0.0),
+            strict=True,
+        )
+    )
+    # half the share: some samples real, some simulated
+    mixed = make_batch(real, batch=16, crop=32, seed=0, step=1, coarse_share=0.5)[1]
+    constant = [torch.allclose(s, torch.full_like(s, float(s.mean()))) for s in mixed]
+    assert any(constant) and not all(constant)
+
+
+def test_real_coarse_grids_must_cover_every_frame(tmp_path):
+    from trainer.refiner_train import load_frames
+
+    root = make_davis(tmp_path / "davis", names=("a",), frames=3, size=64)
+    with pytest.raises(VosError, match="coarse_maps"):
+        load_frames(root, ["a"], every=1, coarse_dir=tmp_path / "none")
+    write_coarse(tmp_path / "short", "a", [torch.zeros(2, 8, 8)] * 2)
+    with pytest.raises(VosError, match="holds 2 frames"):
+        load_frames(root, ["a"], every=1, coarse_dir=tmp_path / "short")
+    with pytest.raises(VosError, match="coarse-share"):
+        RefinerTrainSettings(data=root, out=tmp_path, coarse_share=1.5)
+
+
 def test_training_lowers_the_loss_and_writes_a_loadable_file(tmp_path):
     root = make_davis(tmp_path / "davis", frames=3, size=64)
     losses = []
@@ -268,3 +318,10 @@ def test_cli_trains_a_refiner(tmp_path, run_cli):
         assert refused.exit_code == 1 and said in refused.output, refused.output
     scaled = run_cli([*args, "--encoder", "tiny", "--threads", "1", "--scale", "0.5,0.8", "--cells", "5,8"])
     assert scaled.exit_code == 0, scaled.output
+    write_coarse(tmp_path / "coarse", "a", [torch.full((2, 8, 8), 0.5)] * 3)
+    missing = run_cli([*args, "--encoder", "tiny", "--coarse-dir", tmp_path / "coarse"])
+    assert missing.exit_code == 1 and "'b'" in missing.output  # every training sequence needs its grids
+    for name in ("b", "c"):
+        write_coarse(tmp_path / "coarse", name, [torch.full((2, 8, 8), 0.5)] * 3)
+    real = run_cli([*args, "--encoder", "tiny", "--threads", "1", "--coarse-dir", tmp_path / "coarse"])
+    assert real.exit_code == 0, real.output

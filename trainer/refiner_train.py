@@ -12,6 +12,11 @@ train its own on its 24 sequences in minutes:
 3. corrupted at random: cells near the boundary relabelled, a false blob beside the object, a hole,
 4. upsampled bilinearly to the crop.
 
+With ``coarse_dir`` (``--coarse-dir``; benchmarks/coarse_maps.py writes one), a share of the samples
+(``coarse_share``) instead take a frame's real coarse probabilities: the stride-8 grid a model that
+never saw the sequence gave it, upsampled like the session does. They hold the errors no simulation
+above draws: a look-alike's blob, a thin part lost, a frame carried along a wrong flow.
+
 The target is the unshifted mask at full resolution; the loss is the binary cross-entropy, weighted
 up in the band where the input is unsure. Crops are mostly centred on the boundary. Every sample is
 a pure function of (seed, step), as in the embedding's training.
@@ -56,40 +61,86 @@ class RefinerTrainSettings:
     codec_crf: int | None = None  # train on the frames as H.264 at this CRF leaves them (trainer.codec)
     scale: tuple[float, float] = SCALE  # of the stored frames
     cells: tuple[int, int] = CELLS
+    # Real coarse probabilities (benchmarks/coarse_maps.py: SEQ.pt, one (K + 1, gh, gw) grid a frame)
+    # and the share of the samples that take them instead of a simulated input.
+    coarse_dir: Path | None = None
+    coarse_share: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1]:
             raise VosError(f"--scale needs 0 < MIN <= MAX, not {self.scale}.")
         if not 1 <= self.cells[0] <= self.cells[1]:
             raise VosError(f"--cells needs 1 <= MIN <= MAX, not {self.cells}.")
+        if not 0.0 <= self.coarse_share <= 1.0:
+            raise VosError(f"--coarse-share must be within [0, 1], not {self.coarse_share}.")
 
 
 @dataclass(frozen=True)
 class Frame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     mask: np.ndarray  # (H, W) uint8 object ids, 255 void
+    # A model's grid probabilities of this frame, (K + 1, gh, gw), and the channel of each object id
+    # (the session's slots: the first frame's ids in ascending order); None: simulated inputs only.
+    coarse: torch.Tensor | None = None
+    channels: dict[int, int] | None = None
 
 
-def load_frames(data: Path, names: list[str], every: int, codec: tuple[int, Path] | None = None) -> list[Frame]:
+def read_coarse(folder: Path, name: str, frames: int) -> list[torch.Tensor]:
+    """The grids of ``folder/name.pt``, one per frame of the sequence."""
+    file = Path(folder) / f"{name}.pt"
+    if not file.is_file():
+        raise VosError(f"{file} does not exist: make the coarse maps of '{name}' first (benchmarks/coarse_maps.py).")
+    grids = torch.load(file)
+    if len(grids) != frames:
+        raise VosError(f"{file} holds {len(grids)} frames; the sequence has {frames}.")
+    return grids
+
+
+def load_frames(
+    data: Path,
+    names: list[str],
+    every: int,
+    codec: tuple[int, Path] | None = None,
+    coarse_dir: Path | None = None,
+) -> list[Frame]:
     """Every ``every``-th frame of each sequence with its mask; with ``codec`` (crf, folder), the
-    frames as H.264 at that CRF leaves them, the decoded copies kept in ``folder``."""
+    frames as H.264 at that CRF leaves them, the decoded copies kept in ``folder``; with
+    ``coarse_dir``, each frame's real coarse probabilities (:func:`read_coarse`)."""
     frames = []
     for name in names:
         seq = load_sequence(data, name)
         if codec is not None:
             seq = through_codec(seq, codec[0], codec[1] / name)
+        grids = read_coarse(coarse_dir, name, len(seq.frames)) if coarse_dir is not None else None
+        channels = None
+        if grids is not None:
+            first = read_annotation(seq.masks[0])
+            channels = {i: c for c, i in enumerate(sorted(int(i) for i in np.unique(first) if i not in (0, 255)), 1)}
         for i in range(0, len(seq.frames), max(1, every)):
-            frames.append(Frame(_read_rgb(seq.frames[i]), read_annotation(seq.masks[i])))
+            coarse = grids[i] if grids is not None else None
+            frames.append(Frame(_read_rgb(seq.frames[i]), read_annotation(seq.masks[i]), coarse, channels))
     if not frames:
         raise VosError("The refiner's training set has no frame.")
     return frames
 
 
-def _object_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+def _object_mask(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray] | None:
+    """(id, (H, W) float32 {0, 1} mask) of an object of the frame chosen at random; None: none."""
     ids = [int(i) for i in np.unique(mask) if i not in (0, 255)]
     if not ids:
         return None
-    return (mask == ids[rng.integers(len(ids))]).astype(np.float32)
+    chosen = ids[rng.integers(len(ids))]
+    return chosen, (mask == chosen).astype(np.float32)
+
+
+def _real_coarse(frame: Frame, object_id: int, size: tuple[int, int]) -> torch.Tensor | None:
+    """(H, W) the object's channel of the frame's coarse grid upsampled to ``size`` (bilinear, as
+    the session hands it to the refiner); None when the frame has none for that object."""
+    channel = frame.channels.get(object_id) if frame.channels is not None else None
+    if frame.coarse is None or channel is None or channel >= len(frame.coarse):
+        return None
+    grid = frame.coarse[None, channel : channel + 1].float()
+    return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[0, 0]
 
 
 def _crop_box(mask: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -152,29 +203,39 @@ def make_batch(
     step: int,
     scale: tuple[float, float] = SCALE,
     cells: tuple[int, int] = CELLS,
+    coarse_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images (B, 3, crop, crop) float in [0, 255], coarse (B, 1, crop, crop), target (B, 1, crop, crop)):
-    frames scaled at random within ``scale``, coarse inputs of ``cells``-pixel cells."""
+    frames scaled at random within ``scale``, coarse inputs of ``cells``-pixel cells, or, for a
+    ``coarse_share`` of the frames that hold real ones, those."""
     rng = np.random.default_rng([seed, step])
     images, coarse, target = [], [], []
     while len(images) < batch:
         frame = frames[rng.integers(len(frames))]
-        mask = _object_mask(frame.mask, rng)
-        if mask is None:
+        chosen = _object_mask(frame.mask, rng)
+        if chosen is None:
             continue
+        object_id, mask = chosen
+        # Drawn only where real inputs can be taken, so the samples of a run without them stay those
+        # of the recipe before them.
+        real = frame.coarse is not None and coarse_share > 0 and rng.random() < coarse_share
         s = rng.uniform(*scale)
         h, w = mask.shape
         size = (max(crop, round(h * s)), max(crop, round(w * s)))
         image = torch.from_numpy(frame.image).permute(2, 0, 1)[None].float()
         image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)[0]
         m = F.interpolate(torch.from_numpy(mask)[None, None], size=size, mode="nearest")[0, 0]
+        given = _real_coarse(frame, object_id, size) if real else None
         y, x = _crop_box(m.numpy() > 0.5, crop, rng)
         image, m = image[:, y : y + crop, x : x + crop], m[y : y + crop, x : x + crop]
+        if given is not None:
+            given = given[y : y + crop, x : x + crop]
         if rng.random() < 0.5:
             image, m = image.flip(-1), m.flip(-1)
+            given = given.flip(-1) if given is not None else None
         images.append(image)
         target.append(m[None])
-        coarse.append(simulate_coarse(m, rng, cells)[None])
+        coarse.append((given if given is not None else simulate_coarse(m, rng, cells))[None])
     return torch.stack(images), torch.stack(coarse), torch.stack(target)
 
 
@@ -192,7 +253,7 @@ def train_refiner(*, settings: RefinerTrainSettings, log=print) -> Path:
     codec = None
     if settings.codec_crf is not None:
         codec = (settings.codec_crf, Path(settings.out) / f"codec-crf{settings.codec_crf}")
-    frames = load_frames(settings.data, names, settings.every, codec)
+    frames = load_frames(settings.data, names, settings.every, codec, settings.coarse_dir)
     log(f"{len(frames)} frames of {len(names)} sequences")
     torch.manual_seed(settings.seed)
     net = build_refiner_net(settings.config)
@@ -218,6 +279,7 @@ def train_refiner(*, settings: RefinerTrainSettings, log=print) -> Path:
             step=step,
             scale=settings.scale,
             cells=settings.cells,
+            coarse_share=settings.coarse_share if settings.coarse_dir is not None else 0.0,
         )
         logits = net(images, torch.logit(coarse.clamp(1e-6, 1 - 1e-6)))
         loss = refiner_loss(logits, coarse, target)

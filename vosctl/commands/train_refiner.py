@@ -39,12 +39,24 @@ def train_refiner(
     cells: Annotated[
         str, typer.Option("--cells", help="MIN,MAX side in pixels of the simulated coarse grid's cells.")
     ] = "7,11",
+    coarse_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--coarse-dir",
+            help="Real coarse probabilities to train on beside the simulated ones: SEQ.pt per sequence, "
+            "as benchmarks/coarse_maps.py writes them (from models that never saw the sequence).",
+        ),
+    ] = None,
+    coarse_share: Annotated[
+        float, typer.Option("--coarse-share", help="With --coarse-dir: the share of samples that take them.")
+    ] = 0.5,
     debug: DebugOption = False,
 ) -> None:
     """Train the learned boundary refiner (`--refine learned+bilateral`) on ground-truth masks.
 
     It needs no embedding model: its inputs (coarse probabilities on the stride-8 grid) are
-    simulated from the masks. Use the file it writes with `--set refiner_file=PATH` in the
+    simulated from the masks, or, for a share of the samples, read from `--coarse-dir` (a model's
+    real ones, benchmarks/coarse_maps.py). Use the file it writes with `--set refiner_file=PATH` in the
     benchmarks, or in place of engine/weights/refiner.pt.
     """
     with reported_errors(debug):
@@ -68,6 +80,8 @@ def train_refiner(
             codec_crf=codec_crf,
             scale=parse_scale(scale),
             cells=parse_cells(cells),
+            coarse_dir=coarse_dir,
+            coarse_share=coarse_share,
         )
         path = run(settings=settings, log=out.print)
         out.print(f"  wrote {path}")
