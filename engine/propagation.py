@@ -66,10 +66,7 @@ class Propagator:
         slots = torch.from_numpy(self.registry.to_slots(mask))
         given = F.one_hot(slots, self.registry.num_slots).permute(2, 0, 1).float()  # (K + 1, H, W)
         fractions = F.adaptive_avg_pool2d(given[None].to(self.device), grid)[0]
-        labels = fractions.reshape(self.registry.num_slots, -1).argmax(0)
-        for slot in range(1, self.registry.num_slots):
-            if fractions[slot].amax() > 0 and not (labels == slot).any():  # thinner than a cell: its best cell
-                labels[fractions[slot].reshape(-1).argmax()] = slot
+        labels = self._grid_labels(fractions)
         if introduces:
             self._fit_projection(pixels.keys)
         if self.started:
@@ -80,6 +77,25 @@ class Propagator:
         self.bank.add(PixelSet(pixels.keys[keep], pixels.coords[keep], labels[keep]), permanent=introduces)
         self._previous = fractions
         return given
+
+    def _grid_labels(self, fractions: torch.Tensor) -> torch.Tensor:
+        """(K + 1, gh, gw) the share of each cell each slot fills -> (gh * gw,) the bank's labels.
+
+        A cell is the slot's that fills most of it. A small object (fewer such cells than
+        ``small_object_cells``) also takes every cell it fills at least ``small_object_fraction``
+        of where no other object fills more: otherwise its few keys are outvoted in the next frame.
+        An object thinner than a cell takes its best cell."""
+        flat = fractions.reshape(len(fractions), -1)
+        labels = flat.argmax(0)
+        if self.config.small_object_cells > 0 and len(flat) > 1:
+            top_object = flat[1:].argmax(0) + 1
+            for slot in range(1, len(flat)):
+                if 0 < int((labels == slot).sum()) < self.config.small_object_cells:
+                    labels[(top_object == slot) & (flat[slot] >= self.config.small_object_fraction)] = slot
+        for slot in range(1, len(flat)):
+            if flat[slot].amax() > 0 and not (labels == slot).any():  # thinner than a cell: its best cell
+                labels[flat[slot].argmax()] = slot
+        return labels
 
     def _bank_cells(self, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(gh * gw,) grid labels -> the indices of the cells the bank keeps: every object cell and
