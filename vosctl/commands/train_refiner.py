@@ -35,7 +35,7 @@ def train_refiner(
     codec_crf: Annotated[int | None, codec_crf_option("the --out folder")] = None,
     scale: Annotated[
         str, typer.Option("--scale", help="MIN,MAX random scale of the frames before cropping.")
-    ] = "0.75,1.25",
+    ] = "0.4,1.25",
     cells: Annotated[
         str, typer.Option("--cells", help="MIN,MAX side in pixels of the simulated coarse grid's cells.")
     ] = "7,11",
