@@ -144,7 +144,8 @@ class SessionConfig:
     # also labels, in the bank, every cell it fills at least ``small_object_fraction`` of and more
     # than any other object does (0: off). Mean J per object on the multi-object dev clips through
     # H.264, seeds 0 / 1: twins +0.20 / +0.75, crowd +0.93 / +0.71 (objects better / worse 20 / 10,
-    # 17 / 10); CV J&F +0.02 (only motocross-bumps changes). README, thirty-fourth round.
+    # 17 / 10); CV J&F +0.02 / +0.04 (only motocross-bumps changes). 96 cells: CV -0.21 (objects of
+    # 48-96 cells lose to their mixed boundary cells). README, thirty-fourth round.
     small_object_cells: int = 48
     small_object_fraction: float = 0.25
     # Reduced precision where the hardware runs it natively (engine.devices.reduced_precision):

@@ -43,7 +43,8 @@ from trainer.data import _read_rgb, list_sequences, load_sequence
 # the scaled frame, inclusive): the cells those of the 768 grid on 480p frames. The scale reaches
 # down to 0.4 (was 0.75), so the refiner also sees objects as small as on the multi-object clips
 # and boundaries at a coarser scale: CV J&F +0.09 / +0.12 with seed 0 / 1 fold models (20 / 10
-# sequences better / worse with each), multi-object dev clips +0.1 / +0.1 (README, thirty-fourth round).
+# sequences better / worse with each); the multi-object dev clips did not move (-0.10 to +0.10).
+# README, thirty-fourth round.
 SCALE = (0.4, 1.25)
 CELLS = (7, 11)
 
