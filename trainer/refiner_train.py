@@ -283,7 +283,7 @@ def train_refiner(*, settings: RefinerTrainSettings, log=print) -> Path:
             step=step,
             scale=settings.scale,
             cells=settings.cells,
-            coarse_share=settings.coarse_share if settings.coarse_dir is not None else 0.0,
+            coarse_share=settings.coarse_share,
         )
         logits = net(images, torch.logit(coarse.clamp(1e-6, 1 - 1e-6)))
         loss = refiner_loss(logits, coarse, target)
