@@ -249,6 +249,11 @@ class SessionConfig:
     # float32, 2 cores: the network 0.056 -> 0.048 s a frame (its box is ~60% of the frame).
     # README, twenty-second round.
     embed_context: int = 4
+    # An object whose annotation has a thin part far from its body (a kite's lines, a mast) keeps it:
+    # after the refiners, thin pixels that respond as the annotated ones did, near the part on the
+    # frame before and joined to the object, become the object's (engine.thin_parts). Off: the
+    # refiners' output alone. Five-fold cross-validation on the H.264 copy: README, thirty-fifth round.
+    thin_parts: bool = True
 
     def __post_init__(self) -> None:
         if self.max_size < ALIGN:

@@ -8,6 +8,9 @@ another thread, in frame order) has not made yet when the frame is stepped. So s
 which is never refined), and :class:`RefineStage` turns it into probabilities when its turn comes.
 Likewise a frame carried at the grid between two key frames waits for the second (engine.between):
 its :class:`CarriedProbs` hold a :class:`PendingProbs` until then.
+
+Last, the thin parts an annotation showed are followed at the frame's own resolution
+(engine.thin_parts); a frame given a mask, never refined, starts them again (:meth:`RefineStage.given`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from engine.errors import VosError
 from engine.motion import warp_frame
+from engine.thin_parts import ThinParts
 
 __all__ = ["CarriedFrame", "CarriedProbs", "PendingProbs", "RefineStage"]
 
@@ -72,11 +76,13 @@ class CarriedProbs:
 class RefineStage:
     """``stage(frame, probs) -> probs`` in frame order: ``refiner`` (None: unchanged) for probabilities,
     ``carried`` (default: ``refiner``) for :class:`CarriedProbs`, the last output moved along the flow
-    for a :class:`CarriedFrame`. Not for two threads at once."""
+    for a :class:`CarriedFrame`; then ``thin`` (None: none) adds the thin parts it follows. A frame
+    given a mask goes to :meth:`given` in its place. Not for two threads at once."""
 
-    def __init__(self, refiner, carried=None) -> None:
+    def __init__(self, refiner, carried=None, thin: ThinParts | None = None) -> None:
         self.refiner = refiner
         self.carried = carried if carried is not None else refiner
+        self.thin = thin
         self._last: torch.Tensor | None = None
 
     def __call__(self, frame: np.ndarray, probs: torch.Tensor | CarriedProbs | CarriedFrame) -> torch.Tensor:
@@ -90,8 +96,16 @@ class RefineStage:
             out = self.carried(frame, carried) if self.carried is not None else carried
         else:
             out = self.refine(frame, probs)
+        if self.thin is not None:
+            out = self.thin(frame, out)
         self._last = out
         return out
+
+    def given(self, frame: np.ndarray, probs: torch.Tensor) -> None:
+        """A frame given a mask (its probabilities, not refined), in its place in frame order: the
+        thin parts are followed from it."""
+        if self.thin is not None:
+            self.thin.start(frame, probs)
 
     def refine(self, frame: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
         """The refiner alone (unchanged without one), keeping nothing: safe beside the stage's own thread."""

@@ -8,13 +8,13 @@ import torch
 
 from engine.bilateral_params import BilateralParams
 from engine.bilateral_refiner import BilateralRefiner
-from engine.config import REFINERS
+from engine.config import REFINERS, SessionConfig
 from engine.errors import VosError
 from engine.mask_refiner import SHIPPED_REFINER, LearnedRefiner, RefinerNet, load_refiner
 from engine.refiner_runtime import OpenVinoRefiner
 from engine.runtime import resolve_runtime
 
-__all__ = ["RefinerChain", "learned_refiner", "load_refiner_network", "make_refiner"]
+__all__ = ["RefinerChain", "learned_refiner", "load_refiner_network", "make_refiner", "session_refiners"]
 
 
 class RefinerChain:
@@ -97,6 +97,29 @@ def make_refiner(
     if key.endswith("bilateral"):
         stages.append(_bilateral(device, params, crop, band))
     return stages[0] if len(stages) == 1 else RefinerChain(stages)
+
+
+def session_refiners(config: SessionConfig, device: torch.device | str):
+    """The refiner a session's settings name, and the one for its frames carried at the grid (None:
+    the same): the learned refiner alone where the solver follows it (``carried_bilateral`` off)."""
+    params = BilateralParams(
+        max_side=config.refine_size or None,
+        lam=config.refine_lambda,
+        iterations=config.refine_iterations,
+    )
+    refiner = make_refiner(
+        config.refine,
+        device,
+        params,
+        crop=config.refine_crop,
+        band=config.refine_band,
+        runtime=config.runtime,
+        refiner_file=config.refiner_file,
+        learned_size=config.learned_size,
+    )
+    if isinstance(refiner, RefinerChain) and not config.carried_bilateral:
+        return refiner, refiner.stages[0]  # the learned refiner, without the solver after it
+    return refiner, None
 
 
 def _bilateral(device: torch.device | str, params: BilateralParams | None, crop: bool, band: float):

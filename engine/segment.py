@@ -39,6 +39,6 @@ def segment_video(
         (probs,) = session.step_batch([frame], [given], refine=False, later=True)
         in_order.add((frame, probs, given is not None), probs)
         for image, p, was_given in in_order.ready():
-            yield session.to_ids(p if was_given else session.refine(image, p))
+            yield session.output(image, p, was_given)
     for image, p, was_given in in_order.finish():
-        yield session.to_ids(p if was_given else session.refine(image, p))
+        yield session.output(image, p, was_given)

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from engine.between import Between
-from engine.bilateral_params import BilateralParams
 from engine.bilateral_refiner import BilateralRefiner
 from engine.config import ALIGN, REFINERS, SessionConfig, session_config_for
 from engine.embedder import FrameEmbedder, check_frame, processing_size
@@ -31,7 +30,8 @@ from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import channel_argmax, merge_annotation, object_ids
 from engine.propagation import Propagator
 from engine.refine_stage import CarriedFrame, CarriedProbs, RefineStage
-from engine.refiners import RefinerChain, load_refiner_network, make_refiner
+from engine.refiners import load_refiner_network, session_refiners
+from engine.thin_parts import ThinParts
 from engine.window import Box, FrameSchedule
 
 __all__ = [
@@ -89,25 +89,9 @@ class VideoSession:
         # host once, as the ids the outputs need.
         carried = None  # the carried frames' refiner: the same
         if refiner is None:
-            params = BilateralParams(
-                max_side=self.config.refine_size or None,
-                lam=self.config.refine_lambda,
-                iterations=self.config.refine_iterations,
-            )
-            refiner = make_refiner(
-                self.config.refine,
-                self.device,
-                params,
-                crop=self.config.refine_crop,
-                band=self.config.refine_band,
-                runtime=self.config.runtime,
-                refiner_file=self.config.refiner_file,
-                learned_size=self.config.learned_size,
-            )
-            if isinstance(refiner, RefinerChain) and not self.config.carried_bilateral:
-                carried = refiner.stages[0]  # the learned refiner, without the solver after it
+            refiner, carried = session_refiners(self.config, self.device)
         self.refiner = refiner
-        self._stage = RefineStage(refiner, carried)
+        self._stage = RefineStage(refiner, carried, ThinParts() if self.config.thin_parts else None)
         self._given: torch.Tensor | None = None  # the last frame's output when it was given a mask
         # The carried frame waiting for the next key frame (engine.between), for callers stepping ``later``.
         between = self.config.carry_between and not self.config.carry_refined
@@ -290,6 +274,8 @@ class VideoSession:
                     start = self.record_time("retrieve", start)
                 results.append(self.propagator.reference(pixels, mask.astype(np.uint8), grid))
                 self._given = results[-1]
+                if refine:
+                    self._stage.given(frame, self._given)
                 self._frame_done(flow)
                 continue
             if key:
@@ -396,6 +382,15 @@ class VideoSession:
         refined = self._stage(frame, probs)
         self.record_time("carry" if carried else "refine", start)
         return refined
+
+    def output(self, frame: np.ndarray, probs, given: bool) -> np.ndarray:
+        """A frame :meth:`step_batch` gave with ``refine=False`` -> its (H, W) uint8 mask of user ids:
+        refined (:meth:`refine`), or, for a frame given a mask, that mask, which the refine stage
+        follows thin parts from. In frame order for every frame; one thread at a time."""
+        if given:
+            self._stage.given(frame, probs)
+            return self.to_ids(probs)
+        return self.to_ids(self.refine(frame, probs))
 
     def to_ids(self, probs: torch.Tensor) -> np.ndarray:
         """(K + 1, H, W) probabilities -> (H, W) uint8 mask of user object ids."""

@@ -78,7 +78,7 @@ def run_backward(
     def refine(ready) -> None:
         nonlocal start_ids
         for frame, p in ready:
-            ids = session.to_ids(p if frame.index in masks else session.refine(frame.image, p))
+            ids = session.output(frame.image, p, frame.index in masks)
             if frame.index == start.index:
                 start_ids = ids
             else:

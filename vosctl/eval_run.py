@@ -126,9 +126,7 @@ def run_sequence(
         for (_, ann_path), image, p, mask in zip(chunk, images, probs, given, strict=True):
             in_order.add((ann_path, image, p, mask is not None), p)
         ready = list(in_order.ready() if offset + batch < len(pairs) else in_order.finish())
-        masks = [
-            (path, session.to_ids(p if was_given else session.refine(image, p))) for path, image, p, was_given in ready
-        ]
+        masks = [(path, session.output(image, p, was_given)) for path, image, p, was_given in ready]
         engine_seconds += time.perf_counter() - step_start
         for ann_path, ids in masks:
             _write_mask(folder / ann_path.name, ids, single)

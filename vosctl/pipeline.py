@@ -160,7 +160,7 @@ def segment_file(
                         overlay_writer.write_audio(item.packet)
                     return
                 if ids is None:
-                    ids = session.to_ids(probs if given else session.refine(item.image, probs))
+                    ids = session.output(item.image, probs, given)
                 encode_start = time.perf_counter()
                 if overlay_writer is not None:
                     overlay_writer.write(draw_overlay(item.image, ids, palette), item.pts)
