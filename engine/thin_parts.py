@@ -17,9 +17,10 @@ What an annotation shows of an object's thin part is followed from frame to fram
   ``core_quantile`` of its responses: an annotation is drawn wider than its line), and takes
   ``level_share`` of the core's response as the level a pixel of the line reaches.
 - On each later frame the pixels above that level, within ``search`` pixels of the object's thin
-  part on the frame before, outside every object, that are themselves thin and connect to the
-  object's mask, join the object. More than ``cap`` times the annotated thin part is taken as a
-  texture, not a line, and nothing joins.
+  part on the frame before, outside every object, that are themselves thin, join the object where
+  they touch its mask, or lie on its thin part of the frame before in a piece at least
+  ``min_length`` long (a kite's bright lines hang from a dark bar, which neither response finds).
+  More than ``cap`` times the annotated thin part is taken as a texture, not a line, and nothing joins.
 
 It works on the refined probabilities: the pixels it adds become the object's. Not for two threads
 at once; frames in order (engine.refine_stage).
@@ -51,6 +52,7 @@ class ThinParams:
     core_quantile: float = 0.9  # of the annotated thin part's responses: its line's core
     level_share: float = 0.4  # of the core's response: the level a pixel of the line reaches
     min_level: float = 4.0  # grey levels; below it a response is noise
+    min_length: int = 40  # a piece not touching the object joins through its thin part before when this long
     cap: float = 2.0  # more new thin pixels than this times the annotated thin part: none
 
 
@@ -180,10 +182,16 @@ class ThinParts:
         found &= region
         if not found.any():
             return None
-        # Pieces that reach the object's mask.
-        count, labels = cv2.connectedComponents((found | inside).astype(np.uint8), connectivity=8)
+        # Pieces that touch the object's mask, or that are long and lie on its thin part of the frame
+        # before (a line whose link to the body, a dark bar between bright lines, is not found).
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(found.astype(np.uint8), connectivity=8)
         joined = np.zeros(count, dtype=bool)
-        joined[labels[inside]] = True
+        touching = cv2.dilate(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        joined[labels[touching & found]] = True
+        long = np.hypot(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]) >= p.min_length * self._scale
+        before = np.zeros(count, dtype=bool)
+        before[labels[track.thin[y0:y1, x0:x1] & found]] = True
+        joined |= before & long
         joined[0] = False
         new = joined[labels] & found
         new &= ~cv2.morphologyEx(new.astype(np.uint8), cv2.MORPH_OPEN, _disk(self._size(p.open_size))).astype(bool)
