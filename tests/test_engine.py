@@ -217,7 +217,10 @@ def test_channel_argmax_equals_torch_argmax_ties_included():
     generator = torch.Generator().manual_seed(0)
     for channels in (2, 3, 5):
         probs = torch.randint(0, 4, (channels, 17, 23), generator=generator).float()  # many ties
-        assert torch.equal(channel_argmax(probs), probs.argmax(0))
+        ids = channel_argmax(probs)
+        assert ids.dtype == torch.uint8
+        assert torch.equal(ids.long(), probs.argmax(0))
+        assert torch.equal(channel_argmax(probs.to(torch.bfloat16)).long(), probs.argmax(0))
 
 
 def test_reduced_precision_is_fp16_on_cuda_and_bf16_only_on_cpus_that_have_it(monkeypatch):
