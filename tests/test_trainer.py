@@ -26,7 +26,7 @@ from engine.session import session_config_for
 from trainer.cache import FeatureCacheSet
 from trainer.checkpoint import load_checkpoint
 from trainer.data import IGNORE, DavisTrainingSet, load_sequence, split_sequences
-from trainer.loss import anchor_losses, pixelwise_triplet_loss, sample_anchors
+from trainer.loss import anchor_losses, pixelwise_metric_loss, sample_anchors
 from trainer.settings import (
     DataSettings,
     LossSettings,
@@ -168,7 +168,7 @@ def test_loss_on_frames_uses_frame_zero_as_anchors_and_the_rest_as_pool():
     emb = F.normalize(torch.randn(1, 3, 4, 3, 3), dim=2)  # (B, F, D, h, w)
     labels = torch.randint(0, 3, (1, 3, 3, 3))
     labels[0, 1, 0, 0] = IGNORE
-    out = pixelwise_triplet_loss(
+    out = pixelwise_metric_loss(
         emb, labels, anchors_per_label=1000, margin=0.5, generator=torch.Generator().manual_seed(0)
     )
     anchors = emb[0, 0].flatten(1).T
@@ -193,7 +193,7 @@ def test_gradients_reach_the_head_but_not_the_frozen_backbone():
     emb = net(images, torch.zeros(6)).unflatten(0, (2, 3))
     labels = torch.zeros(2, 3, 8, 8, dtype=torch.long)
     labels[:, :, 2:6, 2:6] = 1
-    out = pixelwise_triplet_loss(emb, labels, anchors_per_label=16, margin=2.0, generator=torch.Generator())
+    out = pixelwise_metric_loss(emb, labels, anchors_per_label=16, margin=2.0, generator=torch.Generator())
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
     assert all(p.grad is None for p in model.backbone.parameters())

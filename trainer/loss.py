@@ -116,7 +116,7 @@ def sample_anchors(labels: torch.Tensor, per_label: int, generator: torch.Genera
     return torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.long)
 
 
-def pixelwise_triplet_loss(
+def pixelwise_metric_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -127,7 +127,7 @@ def pixelwise_triplet_loss(
     k: int = 5,
     temperature: float = 0.05,
 ) -> LossOutput:
-    """Mean anchor loss over a batch.
+    """Mean anchor loss over a batch, of ``kind`` "triplet" (the paper's) or "vote" (:func:`anchor_losses`).
 
     embeddings (B, F, D, h, w) unit vectors, labels (B, F, h, w) on the CPU; frame 0 of each
     sample gives the anchors, frames 1..F-1 the pool.

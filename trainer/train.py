@@ -36,7 +36,7 @@ from trainer.cache import FeatureCacheSet
 from trainer.checkpoint import checkpoint_settings, load_checkpoint, restore_checkpoint, save_checkpoint
 from trainer.codec import through_codec
 from trainer.data import DavisTrainingSet, load_sequence, make_loader, split_sequences
-from trainer.loss import pixelwise_triplet_loss
+from trainer.loss import pixelwise_metric_loss
 from trainer.report import Reporter
 from trainer.settings import TrainSettings, settings_to_dict
 from trainer.validate import evaluate_sequences, mean_score
@@ -359,7 +359,7 @@ def _train(settings: TrainSettings, device: torch.device, local_world: int) -> T
                     emb = net(batch["images"].to(device, non_blocking=True).float().flatten(0, 1), t)
             emb = emb.float().unflatten(0, (b, f))
             generator = torch.Generator().manual_seed(_step_seed(settings.seed, rank, step))
-            loss = pixelwise_triplet_loss(
+            loss = pixelwise_metric_loss(
                 emb,
                 batch["labels"],
                 anchors_per_label=settings.loss.anchors_per_label,
