@@ -155,3 +155,14 @@ def test_the_setting_switches_it_off(tiny_model):
         outputs[on] = session.refine(later, lost)
     assert (outputs[True].argmax(0).numpy()[line] == 1).mean() > 0.8
     assert torch.equal(outputs[False], lost)
+
+
+def test_a_session_stepping_and_refining_at_once_follows_them_from_its_first_mask(tiny_model):
+    frame, probs = annotated()
+    later, disc, line = scene(shift=3)
+    lost = one_hot(disc.astype(np.uint8), 2)  # what the refiners leave: the disc alone
+    config = SessionConfig(runtime="torch", half=False, max_size=256, keyframe_interval=1)
+    session = VideoSession(tiny_model, config, refiner=lambda f, p: lost)
+    session.step(frame, probs[1].numpy().astype(np.uint8))
+    ids = session.to_ids(session.step(later))
+    assert (ids[line] == 1).mean() > 0.8
