@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.bilateral import refine_probabilities
 from engine.bilateral_params import _MIN_SIDE, UNCERTAIN_LEVEL, BilateralParams, check_probabilities
+from engine.objects import mask_box
 
 __all__ = ["BilateralRefiner", "top_two_margin", "uncertain_window"]
 
@@ -33,15 +34,7 @@ def top_two_margin(probs: np.ndarray) -> np.ndarray:
 def uncertain_window(confidence: np.ndarray, margin: int, level: float = UNCERTAIN_LEVEL) -> tuple[slice, slice] | None:
     """The bounding box of the pixels whose ``confidence`` is below ``level``, widened by ``margin``
     pixels and clipped to the frame; None when every pixel is confident."""
-    rows = np.flatnonzero((confidence < level).any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero((confidence[rows[0] : rows[-1] + 1] < level).any(axis=0))
-    height, width = confidence.shape
-    return (
-        slice(max(0, rows[0] - margin), min(height, rows[-1] + 1 + margin)),
-        slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)),
-    )
+    return mask_box(confidence < level, margin)
 
 
 class BilateralRefiner:

@@ -31,6 +31,20 @@ def merge_annotation(predicted: np.ndarray, given: np.ndarray) -> np.ndarray:
     return np.where(given > 0, given, merged).astype(np.uint8)
 
 
+def mask_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The bounding box of ``mask``'s pixels widened by ``margin`` and clipped to the mask, as
+    (rows, columns) slices; None for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    height, width = mask.shape
+    return (
+        slice(max(0, rows[0] - margin), min(height, rows[-1] + 1 + margin)),
+        slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)),
+    )
+
+
 def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
     """``probs.argmax(0)`` for a few channels, ties to the first, as uint8 (at most 256 channels).
 

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from engine.objects import channel_argmax
+from engine.objects import channel_argmax, mask_box
 
 __all__ = ["ThinParams", "ThinParts"]
 
@@ -114,16 +114,17 @@ class ThinParts:
         responses = None
         for channel in range(1, probs.shape[0]):
             mask = ids == channel
-            box = _box(mask, self._size(p.reach), mask.shape)
+            box = mask_box(mask, self._size(p.reach))
             if box is None:
                 continue
-            y0, y1, x0, x1 = box
-            inside = mask[y0:y1, x0:x1].astype(np.uint8)
+            inside = mask[box].astype(np.uint8)
             body = cv2.morphologyEx(inside, cv2.MORPH_OPEN, _disk(self._size(p.open_size)))
-            far = (inside & (1 - body)).astype(bool) & ~cv2.dilate(body, _disk(self._size(p.reach))).astype(bool)
+            thin_inside = (inside & (1 - body)).astype(bool)  # what _thin gives, in the box
+            far = thin_inside & ~cv2.dilate(body, _disk(self._size(p.reach))).astype(bool)
             if np.count_nonzero(far) < min_far:
                 continue
-            thin = self._thin_in_box(mask)
+            thin = np.zeros_like(mask)
+            thin[box] = thin_inside
             if responses is None:
                 responses = {black: self._response(frame, black) for black in (False, True)}
             # At the line's core: an annotation drawn wider than its line has flanks of background,
@@ -144,15 +145,15 @@ class ThinParts:
             new = self._follow(frame, ids, mask, track)
             track.thin = self._thin_in_box(mask)
             if new is not None:
-                (y0, y1, x0, x1), piece = new
-                track.thin[y0:y1, x0:x1] |= piece
+                box, piece = new
+                track.thin[box] |= piece
                 added.append((track.channel, new))
         if not added:
             return probs
         probs = probs.clone()
-        for channel, ((y0, y1, x0, x1), piece) in added:
+        for channel, (box, piece) in added:
             where = torch.from_numpy(piece).to(probs.device)
-            window = probs[:, y0:y1, x0:x1]
+            window = probs[(slice(None), *box)]
             window[:, where] = 0.0
             window[channel, where] = 1.0
         return probs
@@ -160,10 +161,9 @@ class ThinParts:
     def _thin_in_box(self, mask: np.ndarray) -> np.ndarray:
         """:meth:`_thin` of a whole frame's mask, computed in the box around it."""
         thin = np.zeros_like(mask)
-        box = _box(mask, self._size(self.params.open_size), mask.shape)
+        box = mask_box(mask, self._size(self.params.open_size))
         if box is not None:
-            y0, y1, x0, x1 = box
-            thin[y0:y1, x0:x1] = self._thin(mask[y0:y1, x0:x1])
+            thin[box] = self._thin(mask[box])
         return thin
 
     def _follow(self, frame: np.ndarray, ids: np.ndarray, mask: np.ndarray, track: _Track):
@@ -171,14 +171,14 @@ class ThinParts:
         p = self.params
         search = round(p.search * self._scale)
         # Everything happens in the box the search can reach, with a margin for the top-hat.
-        box = _box(track.thin, search + self._size(p.response_size), mask.shape)
+        box = mask_box(track.thin, search + self._size(p.response_size))
         if box is None or not mask.any():
             return None
-        y0, y1, x0, x1 = box
-        inside = mask[y0:y1, x0:x1]
-        region = cv2.dilate(track.thin[y0:y1, x0:x1].astype(np.uint8), _disk(2 * search + 1)).astype(bool)
-        region &= ids[y0:y1, x0:x1] == 0
-        found = self._response(np.ascontiguousarray(frame[y0:y1, x0:x1]), track.black) > track.level
+        inside = mask[box]
+        before = track.thin[box]
+        region = cv2.dilate(before.astype(np.uint8), _disk(2 * search + 1)).astype(bool)
+        region &= ids[box] == 0
+        found = self._response(np.ascontiguousarray(frame[box]), track.black) > track.level
         found &= region
         if not found.any():
             return None
@@ -189,27 +189,12 @@ class ThinParts:
         touching = cv2.dilate(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         joined[labels[touching & found]] = True
         long = np.hypot(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]) >= p.min_length * self._scale
-        before = np.zeros(count, dtype=bool)
-        before[labels[track.thin[y0:y1, x0:x1] & found]] = True
-        joined |= before & long
+        on_before = np.zeros(count, dtype=bool)
+        on_before[labels[before & found]] = True
+        joined |= on_before & long
         joined[0] = False
         new = joined[labels] & found
         new &= ~cv2.morphologyEx(new.astype(np.uint8), cv2.MORPH_OPEN, _disk(self._size(p.open_size))).astype(bool)
         if not new.any() or np.count_nonzero(new) > p.cap * track.area:
             return None
         return box, new
-
-
-def _box(mask: np.ndarray, margin: int, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
-    """The box (y0, y1, x0, x1) around ``mask``'s pixels widened by ``margin``, within ``shape``; None
-    for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if len(rows) == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return (
-        max(rows[0] - margin, 0),
-        min(rows[-1] + margin + 1, shape[0]),
-        max(cols[0] - margin, 0),
-        min(cols[-1] + margin + 1, shape[1]),
-    )
