@@ -230,10 +230,13 @@ def segment_file(
             # (engine.between): ``submit`` hands the worker each job whose turn has come.
             in_order = InOrder(session)
 
+            def hand_on(jobs) -> None:
+                for job in jobs:
+                    worker.submit(*job)
+
             def submit(*job) -> None:
                 in_order.add(job, job[1] if len(job) > 1 else None)
-                for ready in in_order.ready():
-                    worker.submit(*ready)
+                hand_on(in_order.ready())
 
             try:
                 early_audio: list[AudioPacket] = []  # audio that arrives before the first frame is decoded
@@ -275,8 +278,7 @@ def segment_file(
                         submit(item, None, True, background(item))
                 if pending:
                     flush(pending)
-                for ready in in_order.finish():  # the last carried frame has no key frame after it
-                    worker.submit(*ready)
+                hand_on(in_order.finish())  # the last carried frame has no key frame after it
                 # A mask for a frame beyond the end: known only now when the container did not count its frames.
                 annotations.check_length(frames_seen)
                 worker.finish()
