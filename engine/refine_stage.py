@@ -9,7 +9,8 @@ which is never refined), and :class:`RefineStage` turns it into probabilities wh
 Likewise a frame carried at the grid between two key frames waits for the second (engine.between):
 its :class:`CarriedProbs` hold a :class:`PendingProbs` until then.
 
-Last, the thin parts an annotation showed are followed at the frame's own resolution
+Last, a refined frame's labels near a boundary are snapped to the frame's edges (engine.edge_snap),
+and the thin parts an annotation showed are followed at the frame's own resolution
 (engine.thin_parts); a frame given a mask, never refined, starts them again (:meth:`RefineStage.given`).
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.edge_snap import EdgeSnap
 from engine.errors import VosError
 from engine.motion import warp_frame
 from engine.thin_parts import ThinParts
@@ -76,13 +78,16 @@ class CarriedProbs:
 class RefineStage:
     """``stage(frame, probs) -> probs`` in frame order: ``refiner`` (None: unchanged) for probabilities,
     ``carried`` (default: ``refiner``) for :class:`CarriedProbs`, the last output moved along the flow
-    for a :class:`CarriedFrame`; then ``thin`` (None: none) adds the thin parts it follows. A frame
-    given a mask goes to :meth:`given` in its place. Not for two threads at once."""
+    for a :class:`CarriedFrame`; then ``snap`` (None: none) moves the refined labels near a boundary to
+    the frame's edges (not a :class:`CarriedFrame`'s, which is not refined again), and ``thin`` (None:
+    none) adds the thin parts it follows. A frame given a mask goes to :meth:`given` in its place. Not
+    for two threads at once."""
 
-    def __init__(self, refiner, carried=None, thin: ThinParts | None = None) -> None:
+    def __init__(self, refiner, carried=None, thin: ThinParts | None = None, snap: EdgeSnap | None = None) -> None:
         self.refiner = refiner
         self.carried = carried if carried is not None else refiner
         self.thin = thin
+        self.snap = snap
         self._last: torch.Tensor | None = None
 
     def __call__(self, frame: np.ndarray, probs: torch.Tensor | CarriedProbs | CarriedFrame) -> torch.Tensor:
@@ -96,6 +101,8 @@ class RefineStage:
             out = self.carried(frame, carried) if self.carried is not None else carried
         else:
             out = self.refine(frame, probs)
+        if self.snap is not None and not isinstance(probs, CarriedFrame):
+            out = self.snap(frame, out)
         if self.thin is not None:
             out = self.thin(frame, out)
         self._last = out

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from engine.between import Between
 from engine.bilateral_refiner import BilateralRefiner
 from engine.config import ALIGN, REFINERS, SessionConfig, session_config_for
+from engine.edge_snap import EdgeSnap
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError
 from engine.memory import PixelSet
@@ -91,7 +92,8 @@ class VideoSession:
         if refiner is None:
             refiner, carried = session_refiners(self.config, self.device)
         self.refiner = refiner
-        self._stage = RefineStage(refiner, carried, ThinParts() if self.config.thin_parts else None)
+        thin = ThinParts() if self.config.thin_parts else None
+        self._stage = RefineStage(refiner, carried, thin, EdgeSnap() if self.config.edge_snap else None)
         self._given: torch.Tensor | None = None  # the last frame's output when it was given a mask
         # The carried frame waiting for the next key frame (engine.between), for callers stepping ``later``.
         between = self.config.carry_between and not self.config.carry_refined
