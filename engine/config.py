@@ -21,9 +21,9 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 #   refiner) at +9.4% fps (README, thirty-first round). The defaults then were the fastest setting
 #   whose CV J&F on DAVIS's JPEG frames kept that of the defaults when the speed issue was filed
 #   (0.845) within the 0.5 points the issue allows.
-# - "fast": the same masks, the overlay encoded with x264's ultrafast preset (vosctl.pipeline):
-#   about twice the file size. Max side 512 instead (twenty-ninth round: -1.4 points) gained 5%:
-#   decoding, refinement and encoding stay whatever the network does.
+# - "fast": the defaults' masks without the snap below, the overlay encoded with x264's ultrafast
+#   preset (vosctl.pipeline): about twice the file size. Max side 512 instead (twenty-ninth round:
+#   -1.4 points) gained 5%: decoding, refinement and encoding stay whatever the network does.
 # - "accurate": the defaults before the twenty-ninth round: max side 768, a frame carried only where
 #   the objects moved at most half a grid cell (on a CPU; a GPU sees every frame). CV 0.866, 20.1
 #   fps (28.6 for the defaults in that sitting). Its carried frames took the last output moved and
@@ -36,10 +36,20 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # last output moved instead of refined again cost the fixed interval 1.45 points of CV J&F
 # (twenty-fourth round). Max side 896 with every cell retrieved (the "accurate" of the twenty-first
 # to twenty-eighth rounds) gained 0.4 points over the old defaults at 0.57x their speed.
+# - The labels snapped to the frame's edges (``edge_snap``, thirty-sixth round) are the defaults' alone:
+#   CV +0.28 to +0.39 there for 3% of float32 fps (10% in bfloat16, where the refining thread bounds
+#   the speed); "fast" leans to speed without them (the thirty-fifth round's masks, CV 0.852), and
+#   "accurate" gained +0.07 (seed 0) from them, within the noise, for the same cost.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {},
+    "fast": {"edge_snap": False},
     "balanced": {},
-    "accurate": {"max_size": 768, "carry_motion": 0.5, "carried_bilateral": True, "learned_size": 640},
+    "accurate": {
+        "max_size": 768,
+        "carry_motion": 0.5,
+        "carried_bilateral": True,
+        "learned_size": 640,
+        "edge_snap": False,
+    },
 }
 ALIGN = 32  # the backbone's coarsest stride: inner functions see multiples of it
 
@@ -258,8 +268,10 @@ class SessionConfig:
     # full resolution, after the refiners and before the thin parts (engine.edge_snap: a colour-guided
     # filter of each label's mask). Five-fold cross-validation on the H.264 copy, J&F +0.39 / +0.36 /
     # +0.28 (seeds 0 / 1 / 2; J +0.8, F -0.0 to -0.2; 23 / 7, 24 / 6, 21 / 9 sequences better /
-    # worse); multi-object dev clips, mean J per object, twins +0.6, crowd +1.0. 4-8 ms a frame on
-    # the refining thread. README, thirty-sixth round.
+    # worse); multi-object dev clips, mean J per object, twins +0.6 / +0.6, crowd +1.0 / +1.2 (seeds
+    # 0 / 1). 3-6 ms a frame on the refining thread: fps printed over the 30 training sequences as
+    # mp4, float32 -2.7% to -3.5%, bfloat16 -10%. Off in the "fast" and "accurate" presets (above).
+    # README, thirty-sixth round.
     edge_snap: bool = True
 
     def __post_init__(self) -> None:

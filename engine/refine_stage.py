@@ -98,11 +98,9 @@ class RefineStage:
             out = warp_frame(before, probs.flow)
         elif isinstance(probs, CarriedProbs):
             carried = probs.value()
-            out = self.carried(frame, carried) if self.carried is not None else carried
+            out = self._snapped(frame, self.carried(frame, carried) if self.carried is not None else carried)
         else:
             out = self.refine(frame, probs)
-        if self.snap is not None and not isinstance(probs, CarriedFrame):
-            out = self.snap(frame, out)
         if self.thin is not None:
             out = self.thin(frame, out)
         self._last = out
@@ -115,5 +113,9 @@ class RefineStage:
             self.thin.start(frame, probs)
 
     def refine(self, frame: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
-        """The refiner alone (unchanged without one), keeping nothing: safe beside the stage's own thread."""
-        return self.refiner(frame, probs) if self.refiner is not None else probs
+        """The refiner (unchanged without one) and the snap, keeping nothing: safe beside the stage's
+        own thread (the thin parts, which follow from frame to frame, are not applied)."""
+        return self._snapped(frame, self.refiner(frame, probs) if self.refiner is not None else probs)
+
+    def _snapped(self, frame: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
+        return self.snap(frame, probs) if self.snap is not None else probs

@@ -344,7 +344,8 @@ class VideoSession:
         """A mask on a frame after the first: the objects it holds replace their prediction there,
         the others keep theirs (engine.objects.merge_annotation) -> (H, W) uint8 ids."""
         full = self._to_refiner(self.propagator.propagate(pixels, grid, flow, remember=False))
-        # The refiner alone: the stage's last output is for the thread refining in frame order.
+        # The refiner and the snap alone: the stage's last output and thin parts are for the thread
+        # refining in frame order.
         start = time.perf_counter()
         predicted = self.to_ids(self._stage.refine(frame, full))
         self.record_time("refine", start)
