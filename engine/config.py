@@ -37,7 +37,7 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # (twenty-fourth round). Max side 896 with every cell retrieved (the "accurate" of the twenty-first
 # to twenty-eighth rounds) gained 0.4 points over the old defaults at 0.57x their speed.
 # - The labels snapped to the frame's edges (``edge_snap``, thirty-sixth round) are the defaults' alone:
-#   CV +0.28 to +0.39 there for 3% of float32 fps (10% in bfloat16, where the refining thread bounds
+#   CV +0.28 to +0.37 there for 2% of float32 fps (9% in bfloat16, where the refining thread bounds
 #   the speed); "fast" leans to speed without them (the thirty-fifth round's masks, CV 0.852), and
 #   "accurate" gained +0.07 (seed 0) from them, within the noise, for the same cost.
 PRESETS: dict[str, dict[str, object]] = {
@@ -266,12 +266,12 @@ class SessionConfig:
     thin_parts: bool = True
     # Labels within a few pixels of a boundary between labels snapped to the frame's own edges at its
     # full resolution, after the refiners and before the thin parts (engine.edge_snap: a colour-guided
-    # filter of each label's mask). Five-fold cross-validation on the H.264 copy, J&F +0.39 / +0.36 /
-    # +0.28 (seeds 0 / 1 / 2; J +0.8, F -0.0 to -0.2; 23 / 7, 24 / 6, 21 / 9 sequences better /
-    # worse); multi-object dev clips, mean J per object, twins +0.6 / +0.6, crowd +1.0 / +1.2 (seeds
-    # 0 / 1). 3-6 ms a frame on the refining thread: fps printed over the 30 training sequences as
-    # mp4, float32 -2.7% to -3.5%, bfloat16 -10%. Off in the "fast" and "accurate" presets (above).
-    # README, thirty-sixth round.
+    # filter of each label's mask). Five-fold cross-validation on the H.264 copy, J&F +0.37 / +0.35 /
+    # +0.28 (seeds 0 / 1 / 2; J +0.8, F -0.0 to -0.2; 26 / 4, 25 / 5, 24 / 6 sequences better /
+    # worse); multi-object dev clips, mean J per object, twins +0.6 / +0.6, crowd +0.9 / +1.2 (seeds
+    # 0 / 1). 2-4 ms a frame on the refining thread: fps printed over the 30 training sequences as
+    # mp4, float32 -1.6%, bfloat16 -9.1%. Off in the "fast" and "accurate" presets (above). README,
+    # thirty-sixth round.
     edge_snap: bool = True
 
     def __post_init__(self) -> None:

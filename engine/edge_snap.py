@@ -34,7 +34,7 @@ class SnapParams:
     radius: int = 8  # the filter's window is (2 radius + 1) pixels wide
     eps: float = 1e-4  # regularisation of the colours' covariance (colours in [0, 1])
     band: int = 6  # pixels of a boundary between labels a label may change within
-    subsample: int = 2  # the coefficients at this fraction of the resolution
+    subsample: int = 3  # the coefficients at this fraction of the resolution (2: the same CV, 20-40% slower)
 
 
 def _inverse_sym3(v: list[np.ndarray]) -> list[np.ndarray]:

@@ -48,7 +48,7 @@ def test_objects_keep_their_own_pixels_across_a_shared_boundary():
     ids = truth.copy()
     ids[160:320, 316:320] = 2  # object 2 took a 4-pixel strip of object 1
     out = EdgeSnap()(image, one_hot(ids, 3)).argmax(0).numpy()
-    assert (out[160:320, 316:320] == 1).mean() > 0.7  # most of the strip goes back to object 1
+    assert (out[160:320, 316:320] == 1).mean() >= 0.5  # half the strip or more goes back to object 1
     assert (out[truth == 1] != 0).all() and (out[truth == 2] == 2).all()  # no pixel of either is lost
 
 

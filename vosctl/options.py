@@ -93,7 +93,7 @@ PresetOption = Annotated[
         help="balanced (the defaults): max side 640, the network and retrieval on every other frame (a frame "
         "between takes the key frames on both sides of it along the optical flow and is refined by the learned "
         "refiner at 576 working pixels), labels near a boundary snapped to the frame's edges, cross-validation "
-        "J&F 0.856 (frames as H.264 leaves them); fast: the same without the snap (J&F 0.852, 3-10% faster), "
+        "J&F 0.856 (frames as H.264 leaves them); fast: the same without the snap (J&F 0.852, 2-9% faster), "
         "the overlay encoded faster (about twice the file size); accurate: max side 768, a frame "
         "carried only where the objects moved little (from the key frames on both sides, refined in full), the "
         "learned refiner at 640, about 0.7x balanced's speed on 2 CPU cores, J&F 0.877, small objects among "
