@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from engine.objects import channel_argmax, mask_box
+from engine.objects import channel_argmax, mask_box, set_label
 
 __all__ = ["EdgeSnap", "SnapParams"]
 
@@ -73,18 +73,14 @@ class EdgeSnap:
         near = cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
         if not near.any():
             return probs
-        new = self._snap(np.ascontiguousarray(frame[box]), labels, near, radius)
-        changed = near.copy()
-        changed[near] = new != labels[near]
+        snapped = labels.copy()
+        snapped[near] = self._snap(np.ascontiguousarray(frame[box]), labels, near, radius)
+        changed = snapped != labels
         if not changed.any():
             return probs
         probs = probs.clone()
-        window = probs[(slice(None), *box)]
-        where = torch.from_numpy(changed).to(probs.device)
-        chosen = torch.from_numpy(new[changed[near]].astype(np.int64)).to(probs.device)
-        values = torch.zeros(probs.shape[0], len(chosen), dtype=probs.dtype, device=probs.device)
-        values[chosen, torch.arange(len(chosen), device=probs.device)] = 1.0
-        window[:, where] = values
+        for label in np.unique(snapped[changed]):
+            set_label(probs, box, changed & (snapped == label), int(label))
         return probs
 
     def _snap(self, image: np.ndarray, labels: np.ndarray, near: np.ndarray, radius: int) -> np.ndarray:
@@ -110,7 +106,7 @@ class EdgeSnap:
             cov[diagonal] = cov[diagonal] + p.eps
         inv = _inverse_sym3(cov)
         rows = ((0, 1, 2), (1, 3, 4), (2, 4, 5))  # the inverse's entries of each row
-        full = [guide[..., c][near] for c in range(3)]
+        full = guide[near].T  # (3, N): the colours at the band's pixels, full resolution
         objects = [int(k) for k in np.flatnonzero(np.bincount(labels.ravel())) if k != 0]
         filtered = []
         for label in objects:

@@ -45,6 +45,15 @@ def mask_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
     )
 
 
+def set_label(probs: torch.Tensor, box: tuple[slice, slice], where: np.ndarray, channel: int) -> None:
+    """In place: the pixels ``where`` ((h, w) bool within ``box`` of the (K + 1, H, W) ``probs``)
+    become certain of ``channel``."""
+    window = probs[(slice(None), *box)]
+    at = torch.from_numpy(where).to(probs.device)
+    window[:, at] = 0.0
+    window[channel, at] = 1.0
+
+
 def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
     """``probs.argmax(0)`` for a few channels, ties to the first, as uint8 (at most 256 channels).
 

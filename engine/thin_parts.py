@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from engine.objects import channel_argmax, mask_box
+from engine.objects import channel_argmax, mask_box, set_label
 
 __all__ = ["ThinParams", "ThinParts"]
 
@@ -152,10 +152,7 @@ class ThinParts:
             return probs
         probs = probs.clone()
         for channel, (box, piece) in added:
-            where = torch.from_numpy(piece).to(probs.device)
-            window = probs[(slice(None), *box)]
-            window[:, where] = 0.0
-            window[channel, where] = 1.0
+            set_label(probs, box, piece, channel)
         return probs
 
     def _thin_in_box(self, mask: np.ndarray) -> np.ndarray:
