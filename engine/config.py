@@ -159,14 +159,15 @@ class SessionConfig:
     small_object_cells: int = 48
     small_object_fraction: float = 0.25
     # Reduced precision where the hardware runs it natively (engine.devices.reduced_precision):
-    # float16 on CUDA, bfloat16 on CPUs with AVX512-BF16/AMX; float32 elsewhere or when False.
+    # float16 on CUDA, bfloat16 on CPUs with AVX512-BF16/AMX; float32 elsewhere or when False. The
+    # learned refiner's network compiled by OpenVINO follows it (engine.refiner_runtime).
     half: bool = True
     # How the network runs: "openvino" (a CPU, float32 or bfloat16; engine.openvino_runtime),
     # "onnx" (ONNX Runtime; float32 on a CPU only), "torch", or "auto": openvino on a CPU where it
     # is installed, else onnx for float32 on a CPU, else torch (engine.runtime.resolve_runtime).
     # All compute the same embedding up to float32 rounding (bfloat16's in bfloat16). The learned
-    # refiner's network follows it to OpenVINO on a CPU (float32; engine.refiner_runtime), else
-    # runs in torch.
+    # refiner's network follows it to OpenVINO on a CPU (in bfloat16 with ``half`` where the CPU has
+    # it; engine.refiner_runtime), else runs in torch (float32).
     runtime: str = "auto"
     # Retrieve labels only for the grid cells the temporal prior lets an object reach (within
     # ``prior_radius`` of where an object was, moved along the flow, or anywhere for a lost one);

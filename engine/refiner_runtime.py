@@ -1,11 +1,15 @@
-"""The learned refiner's network run by OpenVINO on a CPU, in float32.
+"""The learned refiner's network run by OpenVINO on a CPU, in float32 or, beside a network run in
+bfloat16, in bfloat16.
 
 The refiner (engine.mask_refiner) is a few small convolutions over the uncertain window of each
 frame. Eager torch runs each as an op of its own, a pass over memory each, and a 1x1 layer of a
 batch of one on one thread takes torch's slow path. OpenVINO fuses and runs the same graph about
 twice as fast. On the refiners' inputs captured from three training clips (one core, every window
 a new input size): train 17-18 -> 8.6 ms a frame, bear 7-10 -> 4.8, dance-jump 6-10 -> 5.4
-(README, twenty-seventh round). The refined logits equal torch's within 2e-5.
+(README, twenty-seventh round). The refined logits equal torch's within 2e-5 in float32. In
+bfloat16 a refiner call takes a third less (four training clips, one core: about 20 -> 13.5 ms a
+frame) and the cross-validation's J&F in bfloat16 moves by +0.01 (README, thirty-seventh round); a
+session asks for it where it runs the network in bfloat16 (``half``, engine.refiners).
 
 The graph (the frozen encoder and the trained head, for one image and K objects) is exported to
 ONNX once per refiner and kept in the cache folder (:func:`engine.runtime.cache_dir`); OpenVINO
@@ -58,14 +62,15 @@ def _export(net: nn.Module) -> bytes:
 
 
 class OpenVinoRefiner:
-    """:class:`RefinerGraph` of a net compiled by OpenVINO for the CPU in float32, for any window
-    size and number of objects; one inference at a time (the refinement thread and a backward pass
-    may share it). Compiled at the first call, on the thread that refines, not on the way to a
-    run's first frame."""
+    """:class:`RefinerGraph` of a net compiled by OpenVINO for the CPU in float32 (``bfloat16``:
+    bfloat16 where the CPU has it), for any window size and number of objects; one inference at a
+    time (the refinement thread and a backward pass may share it). Compiled at the first call, on
+    the thread that refines, not on the way to a run's first frame."""
 
-    def __init__(self, net: nn.Module, *, threads: int | None = None) -> None:
+    def __init__(self, net: nn.Module, *, threads: int | None = None, bfloat16: bool = False) -> None:
         self._net = net
         self._threads = threads or torch.get_num_threads()
+        self.bfloat16 = bfloat16
         self._request = None
         self._lock = threading.Lock()
 
@@ -73,13 +78,14 @@ class OpenVinoRefiner:
         net = self._net
         path = refiner_graph_file(net)
         graph = None if path.is_file() else cached_graph(path, lambda: _export(net))
-        return compile_for_cpu(path, graph, threads=self._threads).create_infer_request()
+        return compile_for_cpu(path, graph, threads=self._threads, bfloat16=self.bfloat16).create_infer_request()
 
     @classmethod
-    def for_net(cls, net: nn.Module) -> OpenVinoRefiner:
-        """One compiled graph per net and thread count (:func:`engine.runtime.cached_per_model`)."""
+    def for_net(cls, net: nn.Module, *, bfloat16: bool = False) -> OpenVinoRefiner:
+        """One compiled graph per net, thread count and precision (:func:`engine.runtime.cached_per_model`)."""
         threads = torch.get_num_threads()
-        return cached_per_model(net, ("openvino-refiner", threads), lambda: cls(net, threads=threads))
+        key = ("openvino-refiner", threads, bfloat16)
+        return cached_per_model(net, key, lambda: cls(net, threads=threads, bfloat16=bfloat16))
 
     def load(self) -> None:
         """Compile now, not at the first call (engine.refiners.load_refiner_network)."""

@@ -9,6 +9,7 @@ import torch
 from engine.bilateral_params import BilateralParams
 from engine.bilateral_refiner import BilateralRefiner
 from engine.config import REFINERS, SessionConfig
+from engine.devices import reduced_precision
 from engine.errors import VosError
 from engine.mask_refiner import SHIPPED_REFINER, LearnedRefiner, RefinerNet, load_refiner
 from engine.refiner_runtime import OpenVinoRefiner
@@ -42,13 +43,18 @@ _LEARNED: dict[tuple[str, int, str], RefinerNet] = {}  # (file, its mtime, devic
 
 
 def learned_refiner(
-    path: str | None, device: torch.device | str, work_size: int | None = None, runtime: str = "torch"
+    path: str | None,
+    device: torch.device | str,
+    work_size: int | None = None,
+    runtime: str = "torch",
+    half: bool = False,
 ) -> LearnedRefiner:
     """The learned refiner of a file (None: the shipped one) on ``device``, working at longer side
     ``work_size`` (None: its default, 0: the frame's own size); the network is read once per
     process and shared (it keeps no state between frames), again if the file is rewritten.
     ``runtime`` "openvino" (a CPU): the network compiled by OpenVINO (engine.refiner_runtime);
-    "auto": that where OpenVINO is installed; else torch."""
+    "auto": that where OpenVINO is installed; else torch. ``half``: the compiled network runs in
+    bfloat16 where the CPU has it (as the embedding network does with the session's ``half``)."""
     file = Path(path).resolve() if path else SHIPPED_REFINER
     try:
         stamp = file.stat().st_mtime_ns
@@ -60,7 +66,8 @@ def learned_refiner(
     net = _LEARNED[key]
     compiled = None
     if torch.device(device).type == "cpu" and resolve_runtime(runtime, torch.device(device), False) == "openvino":
-        compiled = OpenVinoRefiner.for_net(net)
+        bfloat16 = half and reduced_precision(torch.device(device)) == torch.bfloat16
+        compiled = OpenVinoRefiner.for_net(net, bfloat16=bfloat16)
     return LearnedRefiner(net, compiled=compiled, **({"work_size": work_size} if work_size is not None else {}))
 
 
@@ -74,6 +81,7 @@ def make_refiner(
     refiner_file: str | None = None,
     runtime: str = "torch",
     learned_size: int | None = None,
+    half: bool = False,
 ):
     """``refiner(frame, probs) -> probs`` for :attr:`SessionConfig.refine` ``name``, or None for "none".
 
@@ -83,8 +91,8 @@ def make_refiner(
     near uncertain ones only) have no effect on the torch solver.
     "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one), at longer
     side ``learned_size`` (None: the refiner's default; 0: the frame's own size; the solver's is
-    ``params.max_side``), its network run by ``runtime``
-    (:func:`learned_refiner`); "learned+bilateral" runs the solver after it.
+    ``params.max_side``), its network run by ``runtime``, in bfloat16 with ``half`` where the CPU has
+    it (:func:`learned_refiner`); "learned+bilateral" runs the solver after it.
     """
     key = name.strip().lower()
     if key not in REFINERS:
@@ -93,7 +101,7 @@ def make_refiner(
         return None
     stages = []
     if key.startswith("learned"):
-        stages.append(learned_refiner(refiner_file, device, learned_size, runtime))
+        stages.append(learned_refiner(refiner_file, device, learned_size, runtime, half))
     if key.endswith("bilateral"):
         stages.append(_bilateral(device, params, crop, band))
     return stages[0] if len(stages) == 1 else RefinerChain(stages)
@@ -116,6 +124,7 @@ def session_refiners(config: SessionConfig, device: torch.device | str):
         runtime=config.runtime,
         refiner_file=config.refiner_file,
         learned_size=config.learned_size,
+        half=config.half,
     )
     if isinstance(refiner, RefinerChain) and not config.carried_bilateral:
         return refiner, refiner.stages[0]  # the learned refiner, without the solver after it

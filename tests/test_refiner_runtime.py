@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine import refiner_runtime
+from engine import refiner_runtime, refiners
+from engine.config import SessionConfig
+from engine.devices import cpu_has_native_bf16
 from engine.mask_refiner import LearnedRefiner, save_refiner
 from engine.refiner_runtime import OpenVinoRefiner, RefinerGraph, refiner_graph_file
-from engine.refiners import load_refiner_network, make_refiner
+from engine.refiners import load_refiner_network, make_refiner, session_refiners
 from engine.runtime import openvino_available
 from tests.test_mask_refiner import tiny_net, two_object_probs
 
@@ -82,3 +84,33 @@ def test_the_refiners_network_is_compiled_by_load_not_at_the_first_frame(tmp_pat
     assert compiles == [1], "compiled once"
     load_refiner_network(None)  # refine "none": nothing to load
     load_refiner_network(make_refiner("bilateral", "cpu"))
+
+
+@pytest.mark.parametrize("native", [torch.bfloat16, None])
+def test_the_refiner_runs_in_bfloat16_where_the_session_runs_the_network_in_it(tmp_path, monkeypatch, native):
+    monkeypatch.setenv("VOSCTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(refiners, "reduced_precision", lambda device: native)
+    path = tmp_path / "refiner.pt"
+    save_refiner(tiny_net(seed=4), path)
+    half = make_refiner("learned", "cpu", refiner_file=str(path), runtime="auto", half=True)
+    full = make_refiner("learned", "cpu", refiner_file=str(path), runtime="auto", half=False)
+    assert half.compiled.bfloat16 is (native is not None)  # only where the CPU has it
+    assert full.compiled.bfloat16 is False
+    assert (half.compiled is full.compiled) is (native is None)  # one compiled graph per precision
+    for setting in (True, False):
+        config = SessionConfig(refiner_file=str(path), runtime="auto", half=setting)
+        chain, carried = session_refiners(config, "cpu")
+        assert chain.stages[0].compiled.bfloat16 is (setting and native is not None)
+        assert carried is chain.stages[0]
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="the CPU has no native bfloat16")
+def test_the_refiners_bfloat16_graph_computes_nearly_what_float32_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOSCTL_CACHE", str(tmp_path / "cache"))
+    net = tiny_net()
+    image, logits = torch.rand(1, 3, 44, 72) * 255, torch.randn(2, 1, 44, 72) * 3
+    full = OpenVinoRefiner(net, threads=1)(image, logits)
+    half = OpenVinoRefiner(net, threads=1, bfloat16=True)(image, logits)
+    assert half.shape == full.shape
+    assert not torch.equal(half, full)  # bfloat16 arithmetic
+    assert (half - full).abs().max() < 0.05 * full.abs().max()
