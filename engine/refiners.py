@@ -56,17 +56,18 @@ def learned_refiner(
     "auto": that where OpenVINO is installed; else torch. ``half``: the compiled network runs in
     bfloat16 where the CPU has it (as the embedding network does with the session's ``half``)."""
     file = Path(path).resolve() if path else SHIPPED_REFINER
+    device = torch.device(device)
     try:
         stamp = file.stat().st_mtime_ns
     except OSError:
         stamp = 0  # load_refiner says what is wrong with it
-    key = (str(file), stamp, str(torch.device(device)))
+    key = (str(file), stamp, str(device))
     if key not in _LEARNED:
         _LEARNED[key] = load_refiner(file, device)
     net = _LEARNED[key]
     compiled = None
-    if torch.device(device).type == "cpu" and resolve_runtime(runtime, torch.device(device), False) == "openvino":
-        bfloat16 = half and reduced_precision(torch.device(device)) == torch.bfloat16
+    if device.type == "cpu" and resolve_runtime(runtime, device, False) == "openvino":
+        bfloat16 = half and reduced_precision(device) == torch.bfloat16
         compiled = OpenVinoRefiner.for_net(net, bfloat16=bfloat16)
     return LearnedRefiner(net, compiled=compiled, **({"work_size": work_size} if work_size is not None else {}))
 
