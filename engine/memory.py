@@ -5,7 +5,8 @@
 - :class:`ReferenceBank`: every pixel of the annotated frames; bounded by frames, never by the
   online memory's eviction (see the class).
 - :class:`OnlineMemory`: confidently labelled pixels of later frames; bounded, oldest frame first
-  out. It never holds annotated pixels, so eviction can never remove them.
+  out. It never holds annotated pixels, so eviction can never remove them. How many of a frame's
+  pixels each label gives it: :func:`memory_quotas`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,37 @@ class ReferenceBank:
         if self._cache is None and parts:
             self._cache = PixelSet.concat(parts) if len(parts) > 1 else parts[0]
         return self._cache
+
+
+def memory_quotas(counts: list[int], quota: int, power: float) -> list[int]:
+    """How many of its confident cells each label gives the memory this frame (slot 0: background).
+
+    ``counts``: confident cells per slot. At most ``quota`` in all (all of them when they are
+    fewer). The background gives its share by count. The objects share the rest as their counts
+    to the ``power``: 1 gives each object its share by count, as drawing the cells at random does;
+    below 1 a small object gives more than its share, so that a large look-alike's pixels do not
+    fill the memory (0: the same number each). An object with fewer cells than its share gives all
+    of them, and the others share what it leaves.
+    """
+    total = sum(counts)
+    if total <= quota:
+        return list(counts)
+    take = [0] * len(counts)
+    take[0] = min(counts[0], round(quota * counts[0] / total))
+    left = quota - take[0]
+    open_ = [k for k in range(1, len(counts)) if counts[k] > 0]
+    while left > 0 and open_:
+        weights = {k: float(counts[k]) ** power for k in open_}
+        scale = left / sum(weights.values())
+        give = {k: min(counts[k] - take[k], int(scale * weights[k])) for k in open_}
+        if not any(give.values()):  # fewer left than objects: one each, the heaviest first
+            give = {k: 1 for k in sorted(open_, key=lambda k: -weights[k])[:left]}
+        for k, n in give.items():
+            take[k] += n
+            left -= n
+        open_ = [k for k in open_ if take[k] < counts[k]]
+    take[0] += min(left, counts[0] - take[0])  # every object gave all it has: the background fills in
+    return take
 
 
 class OnlineMemory:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from engine.config import SessionConfig
 from engine.errors import VosError
 from engine.interior import QueryPlan, blocks_to_redo, plan_queries, settled_cells
-from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank
+from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank, memory_quotas
 from engine.motion import GridFlow, warp_back
 from engine.retrieval import knn_probabilities
 from engine.window import Box, covers
@@ -329,11 +329,26 @@ class Propagator:
         """Confident labelled cells of this frame (``cells`` of ``pixels``, None: all; ``probs`` of
         every cell) join the online memory (at most ``memory_per_frame``), projected. Cells that
         copied a retrieved neighbour count as well: they are as sure as it, and without them the
-        memory would draw more of its pixels from near the boundaries."""
+        memory would draw more of its pixels from near the boundaries. With several objects each
+        label gives its quota (``memory_object_power``, :func:`engine.memory.memory_quotas`)."""
         confidence, labels = (probs if cells is None else probs[cells]).max(dim=1)
         chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
-        if len(chosen) > self.config.memory_per_frame:
-            pick = torch.randperm(len(chosen), generator=self._generator)[: self.config.memory_per_frame]
-            chosen = chosen[pick.to(chosen.device)]
+        quota = self.config.memory_per_frame
+        if len(chosen) > quota:
+            if probs.shape[1] > 2 and self.config.memory_object_power != 1.0:
+                chosen = self._by_quota(chosen, labels[chosen], quota)
+            else:
+                pick = torch.randperm(len(chosen), generator=self._generator)[:quota]
+                chosen = chosen[pick.to(chosen.device)]
         joining = self._project(pixels.subset(chosen if cells is None else cells[chosen]))
         self.memory.add(PixelSet(joining.keys, joining.coords, labels[chosen]))
+
+    def _by_quota(self, chosen: torch.Tensor, labels: torch.Tensor, quota: int) -> torch.Tensor:
+        """``chosen`` cells (labelled ``labels``) -> each label's quota of them, drawn at random."""
+        counts = torch.bincount(labels, minlength=self.registry.num_slots).tolist()
+        picked = []
+        for slot, n in enumerate(memory_quotas(counts, quota, self.config.memory_object_power)):
+            if n:
+                mine = torch.nonzero(labels == slot).squeeze(1)
+                picked.append(mine[torch.randperm(len(mine), generator=self._generator)[:n].to(mine.device)])
+        return chosen[torch.cat(picked)]

@@ -11,6 +11,7 @@ from engine.bilateral_params import BilateralParams
 from engine.config import SessionConfig
 from engine.embedder import processing_size
 from engine.errors import VosError
+from engine.memory import PixelSet, memory_quotas
 from engine.propagation import Propagator
 from trainer.composite import Path, cut_out, paste
 
@@ -51,6 +52,46 @@ def test_identity_changes_nothing_for_one_object_or_when_off():
     probs3 = torch.tensor([[0.2, 0.4, 0.4]])
     moved3 = torch.tensor([0.0, 1.0, 0.0]).reshape(3, 1, 1)
     assert torch.equal(registered(propagator(identity_power=0.0), 2)._apply_identity(probs3, moved3), probs3)
+
+
+def test_memory_quotas_share_the_objects_part_by_a_power_of_their_counts():
+    counts = [300, 600, 20]  # background, a large object, a small look-alike
+    assert sum(memory_quotas(counts, 64, 0.5)) == 64
+    assert memory_quotas(counts, 64, 1.0)[0] == memory_quotas(counts, 64, 0.5)[0] == round(64 * 300 / 920)
+    by_count, root, same = (memory_quotas(counts, 64, power) for power in (1.0, 0.5, 0.0))
+    assert by_count[2] <= 2 < root[2] < same[2] == 20  # the small object's share grows as the power falls
+    assert root[1] + root[2] == by_count[1] + by_count[2]  # the background's share does not move
+
+
+def test_memory_quotas_give_what_a_small_object_cannot_use_to_the_others():
+    assert memory_quotas([40, 100, 3, 100], 30, 0.0) == [5, 11, 3, 11]  # 3 of its 8, the rest to the others
+    assert memory_quotas([5, 2, 1], 10, 0.5) == [5, 2, 1]  # fewer than the quota: all of them
+    assert memory_quotas([1000, 5, 5, 5], 2, 0.5) == [2, 0, 0, 0]
+
+
+def test_the_memory_keeps_a_small_objects_pixels_beside_a_large_look_alike():
+    def remembered(power: float) -> list[int]:
+        p = registered(propagator(memory_object_power=power, memory_per_frame=40), 2)
+        labels = torch.tensor([0] * 200 + [1] * 300 + [2] * 12)
+        probs = torch.nn.functional.one_hot(labels, 3).float()
+        pixels = PixelSet(torch.randn(len(labels), 8), torch.zeros(len(labels), 3), labels)
+        p._remember(pixels, probs, None)
+        return torch.bincount(p.memory.pixels().labels, minlength=3).tolist()
+
+    by_count, root = remembered(1.0), remembered(0.5)
+    assert sum(by_count) == 40 and root == memory_quotas([200, 300, 12], 40, 0.5) == [16, 21, 3]
+    assert root[2] > 2 * 40 * 12 / 512  # drawn at random, the small object gives about 1 of the 40
+
+
+def test_the_memory_of_one_object_is_drawn_as_before_whatever_the_power():
+    def remembered(power: float) -> list[int]:
+        p = registered(propagator(memory_object_power=power, memory_per_frame=20), 1)
+        labels = torch.tensor([0] * 50 + [1] * 50)
+        pixels = PixelSet(torch.randn(100, 8), torch.zeros(100, 3), labels)
+        p._remember(pixels, torch.nn.functional.one_hot(labels, 2).float(), None)
+        return p.memory.pixels().coords[:, 0].tolist() + p.memory.pixels().labels.tolist()
+
+    assert remembered(0.5) == remembered(1.0)
 
 
 def test_a_lost_object_is_not_held_back_by_the_others():
