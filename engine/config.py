@@ -84,6 +84,10 @@ class SessionConfig:
     # clips +0.2 / +0.7; 0 (the same each) twins +2.7 / +3.3, same kind +1.0 / +0.1, crowds +0.0
     # (seed 0). No effect with one object. README, thirty-eighth round.
     memory_object_power: float = 0.5
+    # With K objects the memory holds min(K, ``memory_objects``) times ``memory_size`` pixels, and
+    # as many times ``memory_per_frame`` join a frame: each object keeps about as many pixels as a
+    # single one does. README, thirty-eighth round.
+    memory_objects: int = 3
     # "bilateral": the bilateral solver; "learned": the learned boundary refiner (engine.mask_refiner,
     # ``refiner_file`` or the shipped one); "learned+bilateral": the learned refiner, then the solver.
     # Five-fold cross-validation over the 30 training sequences, the same coarse probabilities
@@ -288,8 +292,8 @@ class SessionConfig:
             raise VosError(f"--max-size must be at least {ALIGN}.")
         if self.refine not in REFINERS:
             raise VosError(f"Unknown refinement '{self.refine}'; choose one of: {', '.join(REFINERS)}.")
-        if self.memory_object_power < 0:
-            raise VosError("memory_object_power must not be negative.")
+        if self.memory_object_power < 0 or self.memory_objects < 1:
+            raise VosError("memory_object_power must not be negative, and memory_objects must be at least 1.")
         if not 0.0 < self.memory_threshold <= 1.0:
             raise VosError("The memory threshold must be in (0, 1].")
         if self.prior_radius < 0 or not 0.0 <= self.prior_floor <= 1.0 or not 0.0 <= self.prior_lost <= 1.0:

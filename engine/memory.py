@@ -170,6 +170,15 @@ class OnlineMemory:
             self._size -= len(self._frames.popleft())
         self._cache = None
 
+    def resize(self, capacity: int) -> None:
+        """A new capacity (a session tracking more objects keeps more); oldest frames leave first."""
+        if capacity < 0:
+            raise VosError("The online memory size must be zero or more.")
+        self.capacity = capacity
+        while self._size > self.capacity:
+            self._size -= len(self._frames.popleft())
+            self._cache = None
+
     def clear(self) -> None:
         self._frames.clear()
         self._size = 0

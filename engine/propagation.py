@@ -63,6 +63,8 @@ class Propagator:
             raise VosError("The mask has no object pixels: mark at least one object.")
         introduces = any(i not in self.registry.ids for i in ids)
         self.registry.register(ids)
+        if self.config.online:
+            self.memory.resize(self.config.memory_size * self._memory_scale())
         slots = torch.from_numpy(self.registry.to_slots(mask))
         given = F.one_hot(slots, self.registry.num_slots).permute(2, 0, 1).float()  # (K + 1, H, W)
         fractions = F.adaptive_avg_pool2d(given[None].to(self.device), grid)[0]
@@ -327,13 +329,14 @@ class Propagator:
 
     def _remember(self, pixels: PixelSet, probs: torch.Tensor, cells: torch.Tensor | None) -> None:
         """Confident labelled cells of this frame (``cells`` of ``pixels``, None: all; ``probs`` of
-        every cell) join the online memory (at most ``memory_per_frame``), projected. Cells that
+        every cell) join the online memory (at most ``memory_per_frame`` for each object, up to
+        ``memory_objects`` objects), projected. Cells that
         copied a retrieved neighbour count as well: they are as sure as it, and without them the
         memory would draw more of its pixels from near the boundaries. With several objects each
         label gives its quota (``memory_object_power``, :func:`engine.memory.memory_quotas`)."""
         confidence, labels = (probs if cells is None else probs[cells]).max(dim=1)
         chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
-        quota = self.config.memory_per_frame
+        quota = self.config.memory_per_frame * self._memory_scale()
         if len(chosen) > quota:
             if probs.shape[1] > 2 and self.config.memory_object_power != 1.0:
                 chosen = self._by_quota(chosen, labels[chosen], quota)
@@ -342,6 +345,11 @@ class Propagator:
                 chosen = chosen[pick.to(chosen.device)]
         joining = self._project(pixels.subset(chosen if cells is None else cells[chosen]))
         self.memory.add(PixelSet(joining.keys, joining.coords, labels[chosen]))
+
+    def _memory_scale(self) -> int:
+        """How many times its size for one object the memory is: the objects' count, at most
+        ``memory_objects``."""
+        return max(1, min(self.registry.num_slots - 1, self.config.memory_objects))
 
     def _by_quota(self, chosen: torch.Tensor, labels: torch.Tensor, quota: int) -> torch.Tensor:
         """``chosen`` cells (labelled ``labels``) -> each label's quota of them, drawn at random."""

@@ -71,7 +71,7 @@ def test_memory_quotas_give_what_a_small_object_cannot_use_to_the_others():
 
 def test_the_memory_keeps_a_small_objects_pixels_beside_a_large_look_alike():
     def remembered(power: float) -> list[int]:
-        p = registered(propagator(memory_object_power=power, memory_per_frame=40), 2)
+        p = registered(propagator(memory_object_power=power, memory_per_frame=40, memory_objects=1), 2)
         labels = torch.tensor([0] * 200 + [1] * 300 + [2] * 12)
         probs = torch.nn.functional.one_hot(labels, 3).float()
         pixels = PixelSet(torch.randn(len(labels), 8), torch.zeros(len(labels), 3), labels)
@@ -81,6 +81,27 @@ def test_the_memory_keeps_a_small_objects_pixels_beside_a_large_look_alike():
     by_count, root = remembered(1.0), remembered(0.5)
     assert sum(by_count) == 40 and root == memory_quotas([200, 300, 12], 40, 0.5) == [16, 21, 3]
     assert root[2] > 2 * 40 * 12 / 512  # drawn at random, the small object gives about 1 of the 40
+
+
+def test_the_memory_grows_with_the_objects_up_to_memory_objects():
+    def filled(objects: int, limit: int) -> tuple[int, int]:
+        p = propagator(memory_per_frame=10, memory_size=30, memory_objects=limit)
+        mask = np.zeros((4, 64), np.uint8)
+        for i in range(objects):
+            mask[:, 8 * i : 8 * i + 8] = i + 1
+        p.reference(PixelSet(torch.randn(32, 8), torch.zeros(32, 3), torch.zeros(32, dtype=torch.long)), mask, (2, 16))
+        labels = torch.arange(200) % (objects + 1)
+        pixels = PixelSet(torch.randn(200, 8), torch.zeros(200, 3), labels)
+        p._remember(pixels, torch.nn.functional.one_hot(labels, objects + 1).float(), None)
+        first = len(p.memory)
+        for _ in range(5):
+            p._remember(pixels, torch.nn.functional.one_hot(labels, objects + 1).float(), None)
+        return first, len(p.memory)
+
+    assert filled(1, 3) == (10, 30)  # one object: as before
+    assert filled(2, 3) == (20, 60)
+    assert filled(5, 3) == (30, 90)  # at most three times
+    assert filled(5, 1) == (10, 30)
 
 
 def test_the_memory_of_one_object_is_drawn_as_before_whatever_the_power():
