@@ -121,8 +121,28 @@ def test_a_small_frame_is_enlarged_towards_the_working_size_at_most_twice(monkey
     LearnedRefiner(net, margin=0, work_size=144)(frame, two_object_probs())
     LearnedRefiner(net, margin=0, work_size=960)(frame, two_object_probs())
     LearnedRefiner(net, margin=0, work_size=0)(frame, two_object_probs())
-    (h1, w1), (h2, w2), (h0, w0) = seen
+    (h1, w1), (h2, w2), (h0, w0) = seen[::2]  # two objects, a call each: the first one's window
     assert abs(w1 / w0 - 1.5) < 0.1 and abs(w2 / w0 - 2.0) < 0.1 and abs(h2 / h0 - 2.0) < 0.2
+
+
+def test_objects_far_apart_are_each_refined_in_their_own_window_as_if_alone(monkeypatch):
+    monkeypatch.setattr(mask_refiner, "SHAPE_STEP", 4)
+    net = tiny_net()
+    seen = []
+    features = net.features
+    net.features = lambda image: seen.append(tuple(image.shape[-2:])) or features(image)
+    yy, xx = torch.meshgrid(torch.arange(60), torch.arange(240), indexing="ij")
+
+    def square(x: int) -> torch.Tensor:
+        return torch.sigmoid((8 - (xx - x).abs().maximum((yy - 30).abs())).float()) * 0.999
+
+    frame = (np.random.default_rng(0).random((60, 240, 3)) * 255).astype(np.uint8)
+    refiner = LearnedRefiner(net, margin=4, work_size=0)
+    both = refiner(frame, aggregate(torch.stack([square(30), square(200)])))
+    assert len(seen) == 2 and all(w < 100 for _, w in seen), seen  # two small windows, not the frame
+    alone = refiner(frame, aggregate(square(30)[None]))
+    assert torch.allclose(both[1, :, :100], alone[1, :, :100], atol=1e-3)
+    assert torch.allclose(both.sum(0), torch.ones(60, 240), atol=1e-5)
 
 
 def test_the_network_sees_the_window_padded_to_the_shape_step_and_its_padding_is_dropped(monkeypatch):
@@ -133,7 +153,8 @@ def test_the_network_sees_the_window_padded_to_the_shape_step_and_its_padding_is
     features = net.features
     net.features = lambda image: seen.append(tuple(image.shape[-2:])) or features(image)
     frame = (np.random.default_rng(0).random((120, 200, 3)) * 255).astype(np.uint8)
-    probs = torch.nn.functional.interpolate(two_object_probs()[None], size=(120, 200), mode="bilinear")[0]
+    one_object = aggregate(two_object_probs()[1:2])  # one window, whose edges are the refined region's
+    probs = torch.nn.functional.interpolate(one_object[None], size=(120, 200), mode="bilinear")[0]
     padded = LearnedRefiner(net, margin=2, work_size=0)(frame, probs)
     assert seen and all(h % SHAPE_STEP == 0 and w % SHAPE_STEP == 0 for h, w in seen), seen
     assert seen[0] != (120, 200), "the window is not the whole frame"
