@@ -80,13 +80,17 @@ class SessionConfig:
     # as their confident cells' counts to this power. 1 draws the cells at random, so a large
     # object fills the memory with its pixels and a small look-alike beside it gets few, and
     # retrieval then gives it to the large one. Multi-object dev clips through H.264, mean J per
-    # object, seeds 0 / 1, against 1: 0.5 twins +1.9 / +2.2, same kind +1.7 / +1.9, the 40 crowd
-    # clips +0.2 / +0.7; 0 (the same each) twins +2.7 / +3.3, same kind +1.0 / +0.1, crowds +0.0
-    # (seed 0). No effect with one object. README, thirty-eighth round.
+    # object, the memory of one object's size, seeds 0 / 1, against 1: 0.5 twins +1.7 / +1.8, same
+    # kind +0.9 / -0.1, the 40 crowd clips +0.5 / +0.4; 0 (the same each) twins +2.7 / +3.3, same
+    # kind +1.0 / +0.1, crowds +0.0 (seed 0). No effect with one object. README, thirty-eighth round.
     memory_object_power: float = 0.5
     # With K objects the memory holds min(K, ``memory_objects``) times ``memory_size`` pixels, and
     # as many times ``memory_per_frame`` join a frame: each object keeps about as many pixels as a
-    # single one does. README, thirty-eighth round.
+    # single one does. With the shares above, against the thirty-seventh round's memory, seeds 0 /
+    # 1: twins +3.2 / +3.6, same kind +1.1 / +1.6, the 40 crowd clips +2.6 / +3.0; the memory
+    # scaled alone (seed 0) +1.4, +1.1, +1.0. Twice (seed 0): crowd +2.1, twins +1.0; five times:
+    # the first crowd set +3.9, the third +1.3 (three times +2.8, +1.7). The same memory for one
+    # object as well changed CV J&F by -0.06 / +0.10. README, thirty-eighth round.
     memory_objects: int = 3
     # "bilateral": the bilateral solver; "learned": the learned boundary refiner (engine.mask_refiner,
     # ``refiner_file`` or the shipped one); "learned+bilateral": the learned refiner, then the solver.

@@ -330,10 +330,10 @@ class Propagator:
     def _remember(self, pixels: PixelSet, probs: torch.Tensor, cells: torch.Tensor | None) -> None:
         """Confident labelled cells of this frame (``cells`` of ``pixels``, None: all; ``probs`` of
         every cell) join the online memory (at most ``memory_per_frame`` for each object, up to
-        ``memory_objects`` objects), projected. Cells that
-        copied a retrieved neighbour count as well: they are as sure as it, and without them the
-        memory would draw more of its pixels from near the boundaries. With several objects each
-        label gives its quota (``memory_object_power``, :func:`engine.memory.memory_quotas`)."""
+        ``memory_objects`` objects), projected. Cells that copied a retrieved neighbour count as
+        well: they are as sure as it, and without them the memory would draw more of its pixels
+        from near the boundaries. With several objects each label gives its quota
+        (``memory_object_power``, :func:`engine.memory.memory_quotas`)."""
         confidence, labels = (probs if cells is None else probs[cells]).max(dim=1)
         chosen = torch.nonzero(confidence >= self.config.memory_threshold).squeeze(1)
         quota = self.config.memory_per_frame * self._memory_scale()
@@ -359,4 +359,4 @@ class Propagator:
             if n:
                 mine = torch.nonzero(labels == slot).squeeze(1)
                 picked.append(mine[torch.randperm(len(mine), generator=self._generator)[:n].to(mine.device)])
-        return chosen[torch.cat(picked)]
+        return chosen[torch.cat(picked)] if picked else chosen[:0]
