@@ -149,12 +149,10 @@ class OnlineMemory:
     """At most ``capacity`` pixels; when full, whole frames leave oldest first (FIFO by frame)."""
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 0:
-            raise VosError("The online memory size must be zero or more.")
-        self.capacity = capacity
         self._frames: deque[PixelSet] = deque()
         self._size = 0
         self._cache: PixelSet | None = None
+        self.resize(capacity)
 
     def __len__(self) -> int:
         return self._size
@@ -166,15 +164,18 @@ class OnlineMemory:
             pixels = pixels.subset(slice(self.capacity))
         self._frames.append(pixels)
         self._size += len(pixels)
-        while self._size > self.capacity:
-            self._size -= len(self._frames.popleft())
         self._cache = None
+        self._evict()
 
     def resize(self, capacity: int) -> None:
         """A new capacity (a session tracking more objects keeps more); oldest frames leave first."""
         if capacity < 0:
             raise VosError("The online memory size must be zero or more.")
         self.capacity = capacity
+        self._evict()
+
+    def _evict(self) -> None:
+        """Whole frames leave, oldest first, until the memory is within its capacity."""
         while self._size > self.capacity:
             self._size -= len(self._frames.popleft())
             self._cache = None
