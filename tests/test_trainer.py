@@ -27,6 +27,7 @@ from trainer.cache import FeatureCacheSet
 from trainer.checkpoint import load_checkpoint
 from trainer.data import IGNORE, DavisTrainingSet, load_sequence, split_sequences
 from trainer.loss import anchor_losses, pixelwise_metric_loss, sample_anchors
+from trainer.net import TrainingNet, set_trainable_backbone
 from trainer.settings import (
     DataSettings,
     LossSettings,
@@ -37,7 +38,7 @@ from trainer.settings import (
     settings_from_dict,
     settings_to_dict,
 )
-from trainer.train import TrainingNet, _build, _dataset, run_training, set_trainable_backbone
+from trainer.train import _build, _dataset, run_training
 from vosctl.commands.train import parse_inference, parse_scale, parse_sequence_list, train
 
 CLI_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}

@@ -15,7 +15,6 @@ offset; the model starts identical on every rank.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -26,10 +25,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.backbones import FeatureLevel, backbone_names, create_backbone
+from engine.backbones import backbone_names, create_backbone
 from engine.errors import VosError
 from engine.factory import save_model_file
-from engine.model import OUTPUT_STRIDE, EmbeddingModel, coordinate_grid, create_model, trained_backbone_state
+from engine.model import EmbeddingModel, create_model
 from engine.session import session_config_for
 from trainer import distributed as dist
 from trainer.cache import FeatureCacheSet
@@ -37,6 +36,7 @@ from trainer.checkpoint import checkpoint_settings, load_checkpoint, restore_che
 from trainer.codec import through_codec
 from trainer.data import DavisTrainingSet, load_sequence, make_loader, split_sequences
 from trainer.loss import pixelwise_metric_loss
+from trainer.net import TrainingNet, parameter_hash, set_train_mode, set_trainable_backbone, stored_level
 from trainer.report import Reporter
 from trainer.settings import TrainSettings, settings_to_dict
 from trainer.validate import evaluate_sequences, mean_score
@@ -58,64 +58,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-class TrainingNet(nn.Module):
-    """The embedding model as one differentiable forward, for DDP; a frozen backbone runs without grad."""
-
-    def __init__(self, model: EmbeddingModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, images: torch.Tensor | None, t: torch.Tensor, features: list[torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """images (N, 3, H, W) RGB in [0, 255] (or cached backbone ``features`` [(N, C_l, h_l, w_l)]),
-        t (N,) -> (N, D, H/8, W/8) unit embeddings."""
-        if features is None:
-            backbone = self.model.backbone
-            with torch.set_grad_enabled(self.model.config.train_backbone and torch.is_grad_enabled()):
-                features = backbone(backbone.normalisation.apply(images))
-            gh, gw = images.shape[-2] // OUTPUT_STRIDE, images.shape[-1] // OUTPUT_STRIDE
-        else:
-            stride = self.model.backbone.levels[0].stride
-            gh, gw = (n * stride // OUTPUT_STRIDE for n in features[0].shape[-2:])
-            if self.model.config.train_backbone:  # the coarse levels again, from the cache's finer one
-                level = stored_level(self.model.backbone.levels, self.model.config.train_backbone_from)
-                features = self.model.backbone.forward_from([f.float() for f in features[: level + 1]], level)
-        coords = coordinate_grid(gh, gw, 0.0, device=t.device).expand(len(t), -1, -1, -1).clone()
-        coords[:, 2] = t.to(coords.dtype)[:, None, None]
-        return self.model.head(features, coords)
-
-
-def stored_level(levels: tuple[FeatureLevel, ...], train_from: int) -> int:
-    """With cached features and a partly trained backbone (``levels``; layers at stride
-    ``train_from`` and coarser trained): the last level the frozen layers give (the cache holds it).
-    The trained layers come after it in every backbone with ``forward_from`` and compute the coarser
-    levels from it. Raises when no level is frozen or none is trained."""
-    frozen = [i for i, level in enumerate(levels) if level.stride < train_from]
-    if not frozen or len(frozen) == len(levels):
-        strides = ", ".join(str(level.stride) for level in levels[1:])
-        raise VosError(
-            f"Cached features need the fine layers frozen: --train-backbone-from must be one of the "
-            f"coarser levels' strides ({strides})."
-        )
-    return frozen[-1]
-
-
-def set_train_mode(model: EmbeddingModel) -> None:
-    """Head in training mode; the backbone stays in eval mode (frozen BatchNorm), even when fine-tuned,
-    because the batches here are far too small for BatchNorm statistics."""
-    model.train()
-    model.backbone.eval()
-
-
-def set_trainable_backbone(model: EmbeddingModel) -> None:
-    """Gradients for exactly the backbone weights training changes (all, some or none): those
-    :func:`engine.model.trained_backbone_state` names, which are also the ones saved."""
-    trained = trained_backbone_state(model) or {}
-    for name, parameter in model.backbone.named_parameters():
-        parameter.requires_grad_(name in trained)
-
-
 def lr_schedule(*, warmup: int, total: int, min_ratio: float):
     """Linear warm-up, then cosine from 1 to ``min_ratio`` over ``total`` steps."""
 
@@ -125,17 +67,6 @@ def lr_schedule(*, warmup: int, total: int, min_ratio: float):
         return ramp * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     return factor
-
-
-def parameter_hash(model: EmbeddingModel) -> str:
-    """SHA-256 of the trained weights (the head, and the backbone when it is trained)."""
-    digest = hashlib.sha256()
-    modules = [model.head] + ([model.backbone] if model.config.train_backbone else [])
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
