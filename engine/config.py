@@ -139,10 +139,11 @@ class SessionConfig:
     # its probability is scaled by ``prior_floor`` (1.0 disables). The k-NN votes are sharp (a
     # look-alike far away often gets 0.99), so the floor must be low to hold: with 0.1 a passer-by
     # in front of the camera took over bmx-bumps. An object whose highest probability in the
-    # previous frame is below ``prior_lost`` is lost: the prior lets go of it, so retrieval over the
-    # whole frame can find it again. Five-fold cross-validation over the 30 training sequences
-    # (benchmarks/cross_validate.py): J 0.827 -> 0.830, F 0.827 -> 0.833 against radius 4 and floor
-    # 0.1 alone (13 sequences up, 5 down).
+    # previous frame is below ``prior_lost`` is lost: the prior lets go of it, so retrieval anywhere
+    # in the frame can find it again (sparsely in settled background: ``interior_stride``).
+    # Five-fold cross-validation over the 30 training sequences (benchmarks/cross_validate.py):
+    # J 0.827 -> 0.830, F 0.827 -> 0.833 against radius 4 and floor 0.1 alone (13 sequences up, 5
+    # down).
     prior_radius: int = 4
     prior_floor: float = 0.01
     prior_flow: bool = True
@@ -213,6 +214,11 @@ class SessionConfig:
     # sequences as mp4 through `vosctl segment`, float32, 2 cores: 17.56 -> 18.55 fps printed (24
     # clips faster, 1 slower). Each alone: +3.0-4.5% fps, CV -0.09 and -0.08 on average over the
     # seeds. README, twenty-sixth round.
+    # Sparse while an object is lost too (it comes back at a block's retrieved cell, and the blocks
+    # around are redone), not every cell: on the six five-object clips through `vosctl segment` the
+    # float32 fps printed +7% / +10% (two interleaved runs; a clip with objects lost on 27 of 29 key
+    # frames +43% / +63%), bfloat16 +1%; multi-object dev clips within +-0.5 J per object on every
+    # set with seeds 0 and 1; CV J&F +0.00 / +0.03 (only bmx-bumps changes). README, thirty-ninth round.
     interior_stride: int = 3
     interior_level: float = 0.9
     interior_band: int = 1

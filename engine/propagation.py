@@ -158,13 +158,14 @@ class Propagator:
         """Which cells retrieval labels (engine.interior), and the moved labels; (None, None): every cell.
 
         The gate (``prior_gate``) leaves out the cells no object can reach (plus ``gate_margin``);
-        of the settled cells of the rest, one in ``interior_stride`` along each axis is retrieved,
-        unless an object is lost. ``inside``: the gate's cells (:meth:`_inside`)."""
+        of the settled cells of the rest, one in ``interior_stride`` along each axis is retrieved.
+        A lost object may come back anywhere, in what the previous frame took for settled
+        background: where it takes a retrieved cell, the blocks around are retrieved after all
+        (:func:`engine.interior.blocks_to_redo`). ``inside``: the gate's cells (:meth:`_inside`)."""
         if inside is None:
             inside = torch.ones(grid, dtype=torch.bool, device=self.device)
         stride = self.config.interior_stride
-        # A lost object may be anywhere, in what the previous frame took for settled background.
-        if moved is not None and stride > 1 and not self._lost(moved).any():
+        if moved is not None and stride > 1:
             settled, label = settled_cells(moved, self.config.interior_level, self.config.interior_band)
         else:
             settled, label = torch.zeros_like(inside), None  # nothing settled: every inside cell is queried

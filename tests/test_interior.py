@@ -148,17 +148,24 @@ def test_bad_interior_settings_are_refused(settings):
         SessionConfig(**settings)
 
 
-def test_every_cell_is_retrieved_while_an_object_is_lost():
-    """A lost object may be anywhere: no cell is taken for settled background then."""
-    config = SessionConfig(refine="none", project_dim=0, interior_stride=2, prior_gate=False)
-    propagator = propagation.Propagator(config, torch.device("cpu"))
-    propagator.registry.register([1])
-    found = propagator._moved_previous((12, 16), None)
-    assert found is None  # no previous frame yet
-    propagator._previous = _moved()
-    plan, _ = propagator._plan(propagator._moved_previous((12, 16), None), None, (12, 16))
-    assert plan is not None and len(plan.filled) > 0
-    gone = torch.zeros(2, 12, 16)
-    gone[0], gone[1, 5, 6] = 0.99, 0.01  # a sure background; the object's best cell is below prior_lost: lost
+def test_a_lost_object_coming_back_in_settled_background_is_found_with_sparse_queries(monkeypatch):
+    """A lost object may come back anywhere: the settled background is still retrieved one cell in
+    a block, and the block whose retrieved cell turns into the object is retrieved whole."""
+    from engine.memory import PixelSet
+
+    propagator, keys, coords, grid, colour = _square_scene()
+    gone = torch.zeros(2, *grid)
+    gone[0], gone[1, 3, 3] = 0.99, 0.01  # a sure background; the object's best cell is below prior_lost: lost
     propagator._previous = gone
-    assert propagator._plan(propagator._moved_previous((12, 16), None), None, (12, 16)) == (None, None)
+    assert propagator._lost(propagator._moved_previous(grid, None)).all()
+    queried = []
+    knn = propagation.knn_probabilities
+    monkeypatch.setattr(propagation, "knn_probabilities", lambda q, *a, **k: queried.append(len(q)) or knn(q, *a, **k))
+    later = keys[:1].expand(len(keys), -1).clone()  # background everywhere: it left its old place
+    back = np.zeros(grid, bool)
+    back[8:10, 10:12] = True  # it comes back as a 2x2 block deep in what the last frame took for background
+    later[torch.from_numpy(back.reshape(-1))] = colour
+    probs = propagator.propagate(PixelSet(later, coords, torch.zeros(0, dtype=torch.long)), grid, None)
+    found = probs.argmax(0).numpy() == 1
+    assert found[back].all() and found.sum() == 4
+    assert sum(queried) < 0.5 * grid[0] * grid[1]  # settled background: one cell a block, and the redone blocks
