@@ -22,8 +22,10 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 #   whose CV J&F on DAVIS's JPEG frames kept that of the defaults when the speed issue was filed
 #   (0.845) within the 0.5 points the issue allows.
 # - "fast": the defaults' masks without the snap below, the overlay encoded with x264's ultrafast
-#   preset (vosctl.pipeline): about twice the file size. Max side 512 instead (twenty-ninth round:
-#   -1.4 points) gained 5%: decoding, refinement and encoding stay whatever the network does.
+#   preset (vosctl.pipeline): about twice the file size. A frame smaller than the learned refiner's
+#   working size is refined at its own size (``learned_enlarge``; thirty-ninth round). Max side 512
+#   instead (twenty-ninth round: -1.4 points) gained 5%: decoding, refinement and encoding stay
+#   whatever the network does.
 # - "accurate": the defaults before the twenty-ninth round: max side 768, a frame carried only where
 #   the objects moved at most half a grid cell (on a CPU; a GPU sees every frame). CV 0.866, 20.1
 #   fps (28.6 for the defaults in that sitting). Its carried frames took the last output moved and
@@ -41,7 +43,7 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 #   the speed); "fast" leans to speed without them (the thirty-fifth round's masks, CV 0.852), and
 #   "accurate" gained +0.07 (seed 0) from them, within the noise, for the same cost.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"edge_snap": False},
+    "fast": {"edge_snap": False, "learned_enlarge": 1.0},
     "balanced": {},
     "accurate": {
         "max_size": 768,
@@ -119,6 +121,14 @@ class SessionConfig:
     # 640 (the learned refiner runs in float32 in both). 576 is the default; ``accurate`` takes 640.
     # README, thirty-third round.
     learned_size: int = 576
+    # A frame whose longer side is below ``learned_size`` is enlarged for the learned refiner at most
+    # this many times towards it (1: refined at its own size). Against 1 on the 432x240 multi-object
+    # dev clips, through H.264, seeds 0 / 1: twins +0.22 / +0.07 mean J per object, same kind +0.06 /
+    # -0.04, the 40 crowd clips +0.06 / +0.10 (objects better / worse 52 / 39 and 52 / 35), for the
+    # five-object clips at 432x240 running 13.46 -> 16.94 fps printed in bfloat16 and 9.86 -> 12.10
+    # in float32 without it (+26% / +23%, every clip faster). Frames of ``learned_size`` and more
+    # are not affected. "fast" refines a small frame at its own size. README, thirty-ninth round.
+    learned_enlarge: float = 2.0
     refine_lambda: float = 512.0
     refine_crop: bool = True
     # Of that window the CPU solver's grid holds only the pixels within ``refine_band`` pixels (of
@@ -312,6 +322,8 @@ class SessionConfig:
             raise VosError(f"Unknown runtime '{self.runtime}'; choose one of: {', '.join(RUNTIMES)}.")
         if min(self.refine_size, self.learned_size, self.refine_lambda, self.refine_band) < 0:
             raise VosError("The refinement sizes, smoothness weight and band must be zero or more.")
+        if self.learned_enlarge < 1.0:
+            raise VosError("learned_enlarge must be at least 1 (1: a small frame is refined at its own size).")
         if self.refine_iterations < 1:
             raise VosError("The refinement needs at least one solver iteration.")
         if self.gate_margin < 0:

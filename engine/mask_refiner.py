@@ -8,12 +8,13 @@ layers of the backbone's ImageNet network (EfficientNet-Lite0's stem and blocks 
 frozen) give edge and texture features at strides 2 and 4, and a small trained head turns each
 object's coarse logit and those features into a residual on the logit at stride 2 (then bilinear
 to the frame). It runs only on the window around the uncertain pixels, at the resolution that would
-make the frame's longer side ``work_size`` (a smaller frame is enlarged, at most ``MAX_ENLARGE``
+make the frame's longer side ``work_size`` (a smaller frame is enlarged, at most ``enlarge``
 times, towards the scale the refiner was trained at: on the 432x240 multi-object dev clips mean J
-per object 0.659 -> 0.661, 44 objects better and 9 worse); the confident pixels outside keep
-their probabilities. On fold 0 of the cross-validation (then the bilateral solver at 512) a working
-size of 512 scored as well as the full 854 pixels (J&F 0.845 against 0.843; 384: 0.842) for a
-third of the cost.
+per object 0.659 -> 0.661, 44 objects better and 9 worse; not enlarged, the five-object clips at
+432x240 ran 23-26% faster for about 0.1 J per object less, README, thirty-ninth round); the
+confident pixels outside keep their probabilities. On fold 0 of the cross-validation (then the
+bilateral solver at 512) a working size of 512 scored as well as the full 854 pixels (J&F 0.845
+against 0.843; 384: 0.842) for a third of the cost.
 
 Several objects: the head refines each object against everything else, each in the window around
 its own uncertain pixels, and the K probabilities (refined in an object's window, as they were
@@ -52,7 +53,7 @@ __all__ = [
 FORMAT = "vosctl-refiner"
 SHIPPED_REFINER = Path(__file__).parent / "weights" / "refiner.pt"
 LOGIT_CLAMP = 8.0  # coarse probabilities of exactly 0 or 1 become logits of +-8
-MAX_ENLARGE = 2.0  # a frame smaller than the working size is enlarged at most this much
+MAX_ENLARGE = 2.0  # by default a frame smaller than the working size is enlarged at most this much
 # The working window's sides are padded (by repeating its last row and column) to multiples of this
 # many pixels, and the padding's output dropped. A compiled graph prepares its kernels for each new
 # input size (OpenVINO: a first call took 1.9x a repeated one, ~9 ms more at these sizes on one
@@ -181,16 +182,25 @@ class LearnedRefiner:
 
     Only the window around the pixels whose top-two margin is below ``level`` (plus ``margin``
     pixels of context) is refined, scaled so the frame's longer side would be ``work_size`` (0: the
-    frame's own; enlarged at most ``MAX_ENLARGE`` times); the pixels outside keep their probabilities.
+    frame's own; a smaller frame enlarged at most ``enlarge`` times, 1: never); the pixels outside
+    keep their probabilities.
     ``compiled``: the net's encoder and head as one compiled graph (engine.refiner_runtime's
     ``OpenVinoRefiner``), which computes the same; None: the torch net.
     """
 
     def __init__(
-        self, net: RefinerNet, *, work_size: int = 512, margin: int = 24, level: float = UNCERTAIN_LEVEL, compiled=None
+        self,
+        net: RefinerNet,
+        *,
+        work_size: int = 512,
+        margin: int = 24,
+        level: float = UNCERTAIN_LEVEL,
+        enlarge: float = MAX_ENLARGE,
+        compiled=None,
     ) -> None:
         self.net = net.eval()
         self.work_size = work_size
+        self.enlarge = enlarge
         self.margin = margin
         self.level = level
         self.compiled = compiled
@@ -205,7 +215,7 @@ class LearnedRefiner:
         out = tensor.float().clone()
         windows = self._windows(out.cpu().numpy())
         if windows:
-            scale = min(MAX_ENLARGE, self.work_size / max(frame.shape[:2])) if self.work_size else 1.0
+            scale = min(self.enlarge, self.work_size / max(frame.shape[:2])) if self.work_size else 1.0
             ys, xs = _union(list(windows.values()))
             objects = out[1:, ys, xs].clone()  # (K, h, w): outside its own window an object keeps its own
             for k, (wy, wx) in windows.items():

@@ -11,7 +11,7 @@ from engine.bilateral_refiner import BilateralRefiner
 from engine.config import REFINERS, SessionConfig
 from engine.devices import reduced_precision
 from engine.errors import VosError
-from engine.mask_refiner import SHIPPED_REFINER, LearnedRefiner, RefinerNet, load_refiner
+from engine.mask_refiner import MAX_ENLARGE, SHIPPED_REFINER, LearnedRefiner, RefinerNet, load_refiner
 from engine.refiner_runtime import OpenVinoRefiner
 from engine.runtime import resolve_runtime
 
@@ -48,13 +48,15 @@ def learned_refiner(
     work_size: int | None = None,
     runtime: str = "torch",
     half: bool = False,
+    enlarge: float = MAX_ENLARGE,
 ) -> LearnedRefiner:
     """The learned refiner of a file (None: the shipped one) on ``device``, working at longer side
     ``work_size`` (None: its default, 0: the frame's own size); the network is read once per
     process and shared (it keeps no state between frames), again if the file is rewritten.
     ``runtime`` "openvino" (a CPU): the network compiled by OpenVINO (engine.refiner_runtime);
     "auto": that where OpenVINO is installed; else torch. ``half``: the compiled network runs in
-    bfloat16 where the CPU has it (as the embedding network does with the session's ``half``)."""
+    bfloat16 where the CPU has it (as the embedding network does with the session's ``half``).
+    ``enlarge``: a frame smaller than ``work_size`` is enlarged at most this much (1: never)."""
     file = Path(path).resolve() if path else SHIPPED_REFINER
     device = torch.device(device)
     try:
@@ -69,7 +71,8 @@ def learned_refiner(
     if device.type == "cpu" and resolve_runtime(runtime, device, False) == "openvino":
         bfloat16 = half and reduced_precision(device) == torch.bfloat16
         compiled = OpenVinoRefiner.for_net(net, bfloat16=bfloat16)
-    return LearnedRefiner(net, compiled=compiled, **({"work_size": work_size} if work_size is not None else {}))
+    sizes = {"work_size": work_size} if work_size is not None else {}
+    return LearnedRefiner(net, compiled=compiled, enlarge=enlarge, **sizes)
 
 
 def make_refiner(
@@ -83,6 +86,7 @@ def make_refiner(
     runtime: str = "torch",
     learned_size: int | None = None,
     half: bool = False,
+    learned_enlarge: float = MAX_ENLARGE,
 ):
     """``refiner(frame, probs) -> probs`` for :attr:`SessionConfig.refine` ``name``, or None for "none".
 
@@ -92,8 +96,9 @@ def make_refiner(
     near uncertain ones only) have no effect on the torch solver.
     "learned" is the learned boundary refiner of ``refiner_file`` (None: the shipped one), at longer
     side ``learned_size`` (None: the refiner's default; 0: the frame's own size; the solver's is
-    ``params.max_side``), its network run by ``runtime``, in bfloat16 with ``half`` where the CPU has
-    it (:func:`learned_refiner`); "learned+bilateral" runs the solver after it.
+    ``params.max_side``; a smaller frame enlarged at most ``learned_enlarge`` times), its network run
+    by ``runtime``, in bfloat16 with ``half`` where the CPU has it (:func:`learned_refiner`);
+    "learned+bilateral" runs the solver after it.
     """
     key = name.strip().lower()
     if key not in REFINERS:
@@ -102,7 +107,7 @@ def make_refiner(
         return None
     stages = []
     if key.startswith("learned"):
-        stages.append(learned_refiner(refiner_file, device, learned_size, runtime, half))
+        stages.append(learned_refiner(refiner_file, device, learned_size, runtime, half, learned_enlarge))
     if key.endswith("bilateral"):
         stages.append(_bilateral(device, params, crop, band))
     return stages[0] if len(stages) == 1 else RefinerChain(stages)
@@ -126,6 +131,7 @@ def session_refiners(config: SessionConfig, device: torch.device | str):
         refiner_file=config.refiner_file,
         learned_size=config.learned_size,
         half=config.half,
+        learned_enlarge=config.learned_enlarge,
     )
     if isinstance(refiner, RefinerChain) and not config.carried_bilateral:
         return refiner, refiner.stages[0]  # the learned refiner, without the solver after it

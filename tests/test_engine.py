@@ -317,7 +317,8 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     """``balanced`` is the defaults: every other frame carried whatever the motion, from the key
     frames on both sides, and refined again by the learned refiner alone, at max side 640 unless the
     model says otherwise, the labels snapped to the frame's edges; ``--preset fast`` the same without
-    the snap (its overlay is encoded faster too), over the model's own settings; ``accurate`` 768,
+    the snap and with a small frame refined at its own size (its overlay is encoded faster too), over
+    the model's own settings; ``accurate`` 768,
     frames carried only where the objects moved little, from both key frames and refined by both
     refiners, not snapped, an option given beside it winning; an unknown name is refused."""
     defaults = SessionConfig()
@@ -328,7 +329,7 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     balanced = session_config_for(model, preset="balanced")
     assert balanced == session_config_for(model) and balanced.max_size == 256 and balanced.fixed_interval
     fast = session_config_for(model, preset="fast")
-    assert fast == balanced.with_overrides(edge_snap=False) and fast.max_size == 256 and fast.retrieval.k == 3
+    assert fast == balanced.with_overrides(edge_snap=False, learned_enlarge=1.0) and fast.retrieval.k == 3
     accurate = session_config_for(model, preset="accurate")
     assert accurate.max_size == 768 and accurate.carries_by_motion and accurate.carry_motion == 0.5
     assert not accurate.carry_refined and accurate.carry_between and accurate.carried_bilateral

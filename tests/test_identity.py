@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.bilateral_params import BilateralParams
-from engine.config import SessionConfig
+from engine.config import SessionConfig, session_config_for
 from engine.embedder import processing_size
 from engine.errors import VosError
 from engine.memory import PixelSet, memory_quotas
@@ -187,6 +187,12 @@ def test_refinement_settings_reach_the_solver(tiny_model):
     assert learned.work_size == 0 and solver.params.max_side is None
     with pytest.raises(VosError, match="refinement sizes"):
         SessionConfig(learned_size=-1)
+    # A small frame is enlarged for the learned refiner at most twice by default, not at all in "fast".
+    assert learned.enlarge == 2.0
+    fast = session_config_for(tiny_model, preset="fast")
+    assert fast.learned_enlarge == 1.0 and VideoSession(tiny_model, fast).refiner.stages[0].enlarge == 1.0
+    with pytest.raises(VosError, match="learned_enlarge"):
+        SessionConfig(learned_enlarge=0.5)
 
 
 def test_the_uncertain_window_is_the_unsure_pixels_box_widened():

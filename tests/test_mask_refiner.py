@@ -121,8 +121,10 @@ def test_a_small_frame_is_enlarged_towards_the_working_size_at_most_twice(monkey
     LearnedRefiner(net, margin=0, work_size=144)(frame, two_object_probs())
     LearnedRefiner(net, margin=0, work_size=960)(frame, two_object_probs())
     LearnedRefiner(net, margin=0, work_size=0)(frame, two_object_probs())
-    (h1, w1), (h2, w2), (h0, w0) = seen[::2]  # two objects, a call each: the first one's window
+    LearnedRefiner(net, margin=0, work_size=960, enlarge=1.0)(frame, two_object_probs())  # never enlarged
+    (h1, w1), (h2, w2), (h0, w0), (h3, w3) = seen[::2]  # two objects, a call each: the first one's window
     assert abs(w1 / w0 - 1.5) < 0.1 and abs(w2 / w0 - 2.0) < 0.1 and abs(h2 / h0 - 2.0) < 0.2
+    assert (h3, w3) == (h0, w0)
 
 
 def test_objects_far_apart_are_each_refined_in_their_own_window_as_if_alone(monkeypatch):
