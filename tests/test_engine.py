@@ -318,9 +318,9 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     frames on both sides, and refined again by the learned refiner alone, at max side 640 unless the
     model says otherwise, the labels snapped to the frame's edges; ``--preset fast`` the same without
     the snap and with a small frame refined at its own size (its overlay is encoded faster too), over
-    the model's own settings; ``accurate`` 768,
-    frames carried only where the objects moved little, from both key frames and refined by both
-    refiners, not snapped, an option given beside it winning; an unknown name is refused."""
+    the model's own settings; ``accurate`` 768, frames carried only where the objects moved little,
+    from both key frames and refined by both refiners, not snapped, an option given beside it
+    winning; an unknown name is refused."""
     defaults = SessionConfig()
     assert defaults.max_size == 640 and defaults.keyframe_interval == 2 and defaults.fixed_interval
     assert not defaults.carry_refined and not defaults.carried_bilateral and defaults.carry_between
