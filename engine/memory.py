@@ -83,35 +83,46 @@ class ReferenceBank:
     so no object ever loses its own reference; of the other annotated frames (corrections of
     objects already tracked) only the ``recent`` latest stay, older corrections leave first. The
     bank so holds at most (objects + ``recent``) frames however many frames are annotated.
+    Each frame may carry its pixels' origins ((N, 2): where each pixel's object was on that frame;
+    engine.follow), kept in the same order as the pixels.
     """
 
     def __init__(self, recent: int = 4) -> None:
         if recent < 0:
             raise VosError("The number of recent reference frames must be zero or more.")
-        self._permanent: list[PixelSet] = []
-        self._recent: deque[PixelSet] = deque(maxlen=recent)
+        self._permanent: list[tuple[PixelSet, torch.Tensor | None]] = []
+        self._recent: deque[tuple[PixelSet, torch.Tensor | None]] = deque(maxlen=recent)
         self._cache: PixelSet | None = None
+        self._origins: torch.Tensor | None = None
 
-    def add(self, pixels: PixelSet, *, permanent: bool = True) -> None:
+    def add(self, pixels: PixelSet, *, permanent: bool = True, origins: torch.Tensor | None = None) -> None:
         """``permanent``: the frame introduced an object (kept); else it is a correction (one of the recent)."""
         if permanent:
-            self._permanent.append(pixels)
+            self._permanent.append((pixels, origins))
         else:
-            self._recent.append(pixels)
+            self._recent.append((pixels, origins))
         self._cache = None
+        self._origins = None
 
     @property
     def frames(self) -> int:
         return len(self._permanent) + len(self._recent)
 
     def __len__(self) -> int:
-        return sum(len(p) for p in (*self._permanent, *self._recent))
+        return sum(len(p) for p, _ in (*self._permanent, *self._recent))
 
     def pixels(self) -> PixelSet | None:
-        parts = [*self._permanent, *self._recent]
+        parts = [p for p, _ in (*self._permanent, *self._recent)]
         if self._cache is None and parts:
             self._cache = PixelSet.concat(parts) if len(parts) > 1 else parts[0]
         return self._cache
+
+    def origins(self) -> torch.Tensor | None:
+        """(N, 2) the origins of :meth:`pixels`, in their order; None unless every frame has them."""
+        parts = [o for _, o in (*self._permanent, *self._recent)]
+        if self._origins is None and parts and all(o is not None for o in parts):
+            self._origins = torch.cat(parts)
+        return self._origins
 
 
 def memory_quotas(counts: list[int], quota: int, power: float) -> list[int]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from engine.config import SessionConfig
 from engine.errors import VosError
+from engine.follow import ObjectCentres, object_centres
 from engine.interior import QueryPlan, blocks_to_redo, plan_queries, settled_cells
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet, ReferenceBank, memory_quotas
 from engine.motion import GridFlow, warp_back
@@ -40,6 +41,7 @@ class Propagator:
         self._projected: tuple[PixelSet, PixelSet] | None = None  # (the bank's pixels, projected)
         self._searched: tuple[PixelSet, PixelSet, PixelSet] | None = None  # (bank, memory, both)
         self._flow = GridFlow() if config.prior_flow and config.prior_floor < 1.0 else None
+        self._centres = ObjectCentres() if config.follow_objects else None  # engine.follow
 
     def motion(self, small: np.ndarray, grid: tuple[int, int]) -> torch.Tensor | None:
         """Call once per frame, in order: (gh, gw, 2) backward flow in cells, None when not used."""
@@ -76,7 +78,14 @@ class Propagator:
             # a drift, or names an object the memory took for background, they would outvote it.
             self.memory.clear()
         keep = self._bank_cells(labels, grid)
-        self.bank.add(PixelSet(pixels.keys[keep], pixels.coords[keep], labels[keep]), permanent=introduces)
+        origins = None
+        if self._centres is not None:
+            centres = object_centres(fractions)
+            self._centres.annotated(centres)
+            origins = centres[labels[keep]]
+        self.bank.add(
+            PixelSet(pixels.keys[keep], pixels.coords[keep], labels[keep]), permanent=introduces, origins=origins
+        )
         self._previous = fractions
         return given
 
@@ -139,6 +148,8 @@ class Propagator:
         if not covers(box, inside):
             return None
         num_slots = self.registry.num_slots
+        if self._following and moved is not None:
+            self._centres.update(object_centres(moved), self._lost(moved))
         plan, label = self._plan(moved, inside, grid)
         if plan is None:
             probs = self._retrieve(pixels, num_slots)
@@ -253,7 +264,8 @@ class Propagator:
 
     def _bank(self) -> PixelSet:
         """The bank (projected, cached until the bank or the projection changes) and the memory
-        (concatenated, cached until either changes)."""
+        (concatenated, cached until either changes); with several objects, the bank's object pixels
+        where their objects are now (``follow_objects``, engine.follow)."""
         bank = self.bank.pixels()
         if bank is None:
             raise VosError("The first frame needs a mask: the session has no reference yet.")
@@ -261,13 +273,22 @@ class Propagator:
             if self._projected is None or self._projected[0] is not bank:
                 self._projected = (bank, self._project(bank))
             bank = self._projected[1]
+        searched = bank
         memory = self.memory.pixels()
-        if memory is None:
-            return bank
-        # A frame with a redo retrieves twice from the same bank and memory: concatenated once.
-        if self._searched is None or self._searched[0] is not bank or self._searched[1] is not memory:
-            self._searched = (bank, memory, PixelSet.concat([bank, memory]))
-        return self._searched[2]
+        if memory is not None:
+            # A frame with a redo retrieves twice from the same bank and memory: concatenated once.
+            if self._searched is None or self._searched[0] is not bank or self._searched[1] is not memory:
+                self._searched = (bank, memory, PixelSet.concat([bank, memory]))
+            searched = self._searched[2]
+        origins = self.bank.origins()
+        if self._following and origins is not None:
+            searched = self._centres.followed(searched, origins)
+        return searched
+
+    @property
+    def _following(self) -> bool:
+        """Whether the bank's object pixels follow their objects: with several objects only."""
+        return self._centres is not None and self.registry.num_slots > 2
 
     def _moved_previous(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
         """(K + 1, gh, gw): the previous frame's probabilities moved along the flow; None when there
