@@ -243,7 +243,8 @@ class SessionConfig:
     # (engine.follow): an object now where another was annotated is not pulled to the other's
     # pixels. Multi-object dev clips through H.264, mean J per object, seeds 0 / 1: twins +0.43 /
     # +0.55, same kind -0.09 / +1.79, the 40 crowd clips +0.72 / +0.82 (objects better / worse 103 /
-    # 87, 110 / 85). No effect with one object, where following it lost CV J&F. README, fortieth round.
+    # 87, 110 / 85); seed 0 drawn again (two threads) +0.18, +1.02, +0.89. No effect with one object:
+    # following it too changed CV J&F by -0.04 / -0.15. README, fortieth round.
     follow_objects: bool = True
     # Run the network and retrieval on every n-th frame at least (1: every frame); the frames
     # between take the last key frame's probabilities moved along the optical flow, then refined.
