@@ -1,9 +1,9 @@
 """Reference pixels that follow their objects: with several objects, where each one is now.
 
 Retrieval ranks a bank pixel by its embedding distance plus its squared distance in the frame
-weighted by ``spatial_weight`` squared (engine.retrieval). A reference pixel's position is where its object was on the
-annotated frame, so once two objects of one kind have moved, the one that now stands where the
-other was annotated is nearer to the other's reference pixels. With several objects the bank's
+weighted by ``spatial_weight`` squared (engine.retrieval). A reference pixel's position is where
+its object was on the annotated frame, so once two objects of one kind have moved, the one that now
+stands where the other was annotated is nearer to the other's reference pixels. With several objects the bank's
 object pixels are compared as if moved with their object: each by how far its object's centre has
 moved since its annotated frame (background pixels stay where they are). With one object nothing
 moves: following it changed CV J&F by -0.04 / -0.15 (seeds 0 / 1; README, fortieth round).

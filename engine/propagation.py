@@ -287,8 +287,9 @@ class Propagator:
 
     @property
     def _following(self) -> bool:
-        """Whether the bank's object pixels follow their objects: with several objects only."""
-        return self._centres is not None and self.registry.num_slots > 2
+        """Whether the bank's object pixels follow their objects: with several objects only, and
+        only where position enters the ranking (``spatial_weight``; with 0 there is nothing to move)."""
+        return self._centres is not None and self.registry.num_slots > 2 and self.config.retrieval.spatial_weight > 0
 
     def _moved_previous(self, grid: tuple[int, int], flow: torch.Tensor | None) -> torch.Tensor | None:
         """(K + 1, gh, gw): the previous frame's probabilities moved along the flow; None when there
