@@ -14,15 +14,18 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 # and fps printed over the 30 training sequences (float32, 2 cores, one sitting; README,
 # twenty-ninth round):
 # - "balanced" is the defaults themselves: max side 640, the network and retrieval on every other
-#   frame whatever the motion; a frame between takes the key frames on both sides of it, moved to it
-#   along the optical flow (``carry_between``), and is refined by the learned refiner alone
-#   (``carried_bilateral`` off). CV 0.846 / 0.841 (seeds 0 / 1), against 0.8425 / 0.8376 for the
-#   defaults of the thirtieth round (the key frame before alone, the solver after the learned
+#   frame, and on every frame where the objects moved more than 2 grid cells (``carry_motion``,
+#   forty-first round; every other frame whatever the motion before); a frame between takes the key
+#   frames on both sides of it, moved to it along the optical flow (``carry_between``), and is
+#   refined by the learned refiner alone (``carried_bilateral`` off). CV 0.846 / 0.841 (seeds 0 /
+#   1; the fixed interval, thirty-first round), against 0.8425 / 0.8376 for the defaults of the
+#   thirtieth round (the key frame before alone, the solver after the learned
 #   refiner) at +9.4% fps (README, thirty-first round). The defaults then were the fastest setting
 #   whose CV J&F on DAVIS's JPEG frames kept that of the defaults when the speed issue was filed
 #   (0.845) within the 0.5 points the issue allows.
-# - "fast": the defaults' masks without the snap below, the overlay encoded with x264's ultrafast
-#   preset (vosctl.pipeline): about twice the file size. A frame smaller than the learned refiner's
+# - "fast": every other frame carried whatever the motion (the defaults until the forty-first
+#   round), the masks without the snap below, the overlay encoded with x264's ultrafast preset
+#   (vosctl.pipeline): about twice the file size. A frame smaller than the learned refiner's
 #   working size is refined at its own size (``learned_enlarge``; thirty-ninth round). Max side 512
 #   instead (twenty-ninth round: -1.4 points) gained 5%: decoding, refinement and encoding stay
 #   whatever the network does.
@@ -43,7 +46,7 @@ REFINERS = ("none", "bilateral", "learned", "learned+bilateral")
 #   the speed); "fast" leans to speed without them (the thirty-fifth round's masks, CV 0.852), and
 #   "accurate" gained +0.07 (seed 0) from them, within the noise, for the same cost.
 PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"edge_snap": False, "learned_enlarge": 1.0},
+    "fast": {"carry_motion": 0.0, "edge_snap": False, "learned_enlarge": 1.0},
     "balanced": {},
     "accurate": {
         "max_size": 768,
@@ -248,7 +251,7 @@ class SessionConfig:
     follow_objects: bool = True
     # Run the network and retrieval on every n-th frame at least (1: every frame); the frames
     # between take the last key frame's probabilities moved along the optical flow, then refined.
-    # With ``carry_motion`` 0 (the defaults) every other frame is carried on any device.
+    # With ``carry_motion`` 0 (the "fast" preset) every other frame is carried on any device.
     keyframe_interval: int = 2
     # With ``keyframe_interval`` above 1, a frame is carried only where the objects moved at most
     # this many grid cells two frames before (engine.window: the 90th percentile of the flow's
@@ -257,11 +260,18 @@ class SessionConfig:
     # on the H.264 copy, J&F against every frame seen, seeds 0 / 1 / 2: -0.05 / -0.13 / -0.02 with
     # 17.7% of the frames carried (0.7 cells: +0.13 / -0.79 / -0.11, 24%); the 30 training
     # sequences as mp4 through `vosctl segment`, float32, 2 cores: 14.1 -> 15.2 fps (bear +29%,
-    # fast-moving ones unchanged). README, twenty-third round. The "accurate" preset's rule; the
-    # defaults carry every other frame (0). At max side 640 carried where the objects moved at most 2
-    # (3) cells, refined: CV J&F 0.846 (0.839) at 26.4 (27.2) fps against the fixed interval's 0.840
-    # at 27.9 (README, twenty-ninth round).
-    carry_motion: float = 0.0
+    # fast-moving ones unchanged). README, twenty-third round. At max side 640 carried where the
+    # objects moved at most 2 (3) cells, refined: CV J&F 0.846 (0.839) at 26.4 (27.2) fps against the
+    # fixed interval's 0.840 at 27.9 (README, twenty-ninth round). 2 in the defaults since the
+    # forty-first round (0 before, every other frame whatever the motion; "fast" keeps 0, "accurate"
+    # has 0.5): with both key frames around a carried one (``carry_between``) the fast movers still
+    # lost most on the carried frames (mallard-fly J -10.8 against its key frames, dog-agility -9.5).
+    # CV J&F on the H.264 copy, seeds 0 / 1: 0.8590 -> 0.8705 (+1.16; bmx-bumps +19) and 0.8609 ->
+    # 0.8670 (+0.61), 18 / 12 sequences better / worse with each, 43% of the frames carried instead of
+    # 49%; 3 cells +0.54 / +0.04. Multi-object dev clips (seed 0) +0.5, +0.3, -0.2 J per object. The 30
+    # training sequences as mp4 through `vosctl segment`, interleaved, fps printed: float32 19.47 ->
+    # 18.55 (-4.7%), bfloat16 22.24 -> 21.07 (-5.3%); the fast movers slowest (dog-agility -26%).
+    carry_motion: float = 2.0
     # A carried frame takes the last output (refined) moved along the optical flow at the flow's own
     # resolution (engine.refine_stage), instead of the last grid probabilities moved, upsampled and
     # refined again: no refinement for it (~3 ms instead of ~24 on one core at 480p). Against

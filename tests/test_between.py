@@ -18,7 +18,7 @@ from engine.session import VideoSession
 from tests.test_window import clip
 
 # Every other frame carried at the grid and refined (the defaults' schedule), small and in torch.
-CONFIG = SessionConfig(runtime="torch", half=False, min_size=0, max_size=384, refine="bilateral")
+CONFIG = SessionConfig(runtime="torch", half=False, min_size=0, max_size=384, refine="bilateral", carry_motion=0.0)
 
 
 def grid(seed: int, channels: int = 2, size: tuple[int, int] = (6, 8)) -> torch.Tensor:

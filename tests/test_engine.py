@@ -314,22 +314,25 @@ def test_session_config_starts_from_the_models_settings_then_overrides(tiny_mode
 
 
 def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_model):
-    """``balanced`` is the defaults: every other frame carried whatever the motion, from the key
-    frames on both sides, and refined again by the learned refiner alone, at max side 640 unless the
-    model says otherwise, the labels snapped to the frame's edges; ``--preset fast`` the same without
-    the snap and with a small frame refined at its own size (its overlay is encoded faster too), over
-    the model's own settings; ``accurate`` 768, frames carried only where the objects moved little,
-    from both key frames and refined by both refiners, not snapped, an option given beside it
-    winning; an unknown name is refused."""
+    """``balanced`` is the defaults: every other frame at most carried, and only where the objects
+    moved at most 2 cells, from the key frames on both sides, and refined again by the learned
+    refiner alone, at max side 640 unless the model says otherwise, the labels snapped to the frame's
+    edges; ``--preset fast`` every other frame carried whatever the motion, without the snap and with
+    a small frame refined at its own size (its overlay is encoded faster too), over the model's own
+    settings; ``accurate`` 768, frames carried only where the objects moved under half a cell, from
+    both key frames and refined by both refiners, not snapped, an option given beside it winning; an
+    unknown name is refused."""
     defaults = SessionConfig()
-    assert defaults.max_size == 640 and defaults.keyframe_interval == 2 and defaults.fixed_interval
+    assert defaults.max_size == 640 and defaults.keyframe_interval == 2 and defaults.carry_motion == 2.0
+    assert defaults.carries_by_motion and not defaults.fixed_interval
     assert not defaults.carry_refined and not defaults.carried_bilateral and defaults.carry_between
     assert defaults.learned_size == 576 and defaults.refine_size == 512 and defaults.edge_snap
     model = create_model(ModelConfig(backbone="tiny", inference={"k": 3, "max_size": 256}), pretrained=False)
     balanced = session_config_for(model, preset="balanced")
-    assert balanced == session_config_for(model) and balanced.max_size == 256 and balanced.fixed_interval
+    assert balanced == session_config_for(model) and balanced.max_size == 256 and balanced.carries_by_motion
     fast = session_config_for(model, preset="fast")
-    assert fast == balanced.with_overrides(edge_snap=False, learned_enlarge=1.0) and fast.retrieval.k == 3
+    assert fast == balanced.with_overrides(carry_motion=0.0, edge_snap=False, learned_enlarge=1.0)
+    assert fast.fixed_interval and fast.retrieval.k == 3
     accurate = session_config_for(model, preset="accurate")
     assert accurate.max_size == 768 and accurate.carries_by_motion and accurate.carry_motion == 0.5
     assert not accurate.carry_refined and accurate.carry_between and accurate.carried_bilateral

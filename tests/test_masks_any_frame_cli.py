@@ -166,14 +166,16 @@ def test_memory_stays_flat_in_video_length_on_a_backward_pass(tiny_model, tmp_pa
     assert long - short < 60 * frame_bytes, (short, long)
 
 
-@pytest.mark.parametrize(("preset", "ahead_expected"), [("accurate", list(range(8))), (None, [])])
+@pytest.mark.parametrize(
+    ("preset", "ahead_expected"), [("accurate", list(range(8))), (None, list(range(8))), ("fast", [])]
+)
 def test_the_network_thread_gives_the_masks_of_the_serial_pipeline(
     tiny_model, tmp_path, monkeypatch, preset, ahead_expected
 ):
     """With its threads the CLI embeds each frame of the forward pass a frame ahead, on a thread of
-    its own, where every frame may be seen (``accurate``: frames carried by motion); the masks equal
-    those of the serial pipeline (``encode_thread=False``), also when the pass starts at a later
-    mask. With the defaults' fixed interval the engine's thread embeds its key frames itself."""
+    its own, where every frame may be seen (the defaults and ``accurate``: frames carried by motion);
+    the masks equal those of the serial pipeline (``encode_thread=False``), also when the pass starts
+    at a later mask. With ``fast``'s fixed interval the engine's thread embeds its key frames itself."""
     from engine.session import VideoSession, session_config_for
 
     folder = tmp_path / "frames"

@@ -98,13 +98,17 @@ def test_the_carried_frames_refiner_takes_the_frames_carried_at_the_grid():
 
 
 def test_a_frame_carried_at_the_grid_skips_the_solver_and_nothing_else(tiny_model):
-    """The defaults: every other frame carried at the grid and refined by the learned refiner alone
-    (``carried_bilateral`` off); the frames the network sees get the solver too, and their outputs are
-    those of a session that sends carried frames through the solver as well."""
+    """A frame carried at the grid is refined by the learned refiner alone (``carried_bilateral`` off,
+    the defaults); the frames the network sees get the solver too, and their outputs are those of a
+    session that sends carried frames through the solver as well. Every other frame carried (the
+    fixed interval of ``fast``)."""
+    assert not SessionConfig().carried_bilateral
     images, mask = clip(6)
     outputs = {}
     for solver in (False, True):
-        config = SessionConfig(runtime="torch", half=False, min_size=0, max_size=384, carried_bilateral=solver)
+        config = SessionConfig(
+            runtime="torch", half=False, min_size=0, max_size=384, carry_motion=0.0, carried_bilateral=solver
+        )
         assert config.fixed_interval and not config.carry_refined and config.refine == "learned+bilateral"
         session = VideoSession(tiny_model, config)
         assert (session._stage.carried is session.refiner) == solver

@@ -90,11 +90,12 @@ PresetOption = Annotated[
     Preset | None,
     typer.Option(
         "--preset",
-        help="balanced (the defaults): max side 640, the network and retrieval on every other frame (a frame "
-        "between takes the key frames on both sides of it along the optical flow and is refined by the learned "
-        "refiner at 576 working pixels), labels near a boundary snapped to the frame's edges, cross-validation "
-        "J&F 0.856 (frames as H.264 leaves them); fast: the same without the snap (J&F 0.852, 2-9% faster), "
-        "the overlay encoded faster (about twice the file size); accurate: max side 768, a frame "
+        help="balanced (the defaults): max side 640, the network and retrieval on every other frame, and on "
+        "every frame where the objects move fast (a frame between takes the key frames on both sides of it along "
+        "the optical flow and is refined by the learned refiner at 576 working pixels), labels near a boundary "
+        "snapped to the frame's edges, cross-validation J&F 0.869 (frames as H.264 leaves them); fast: every other "
+        "frame whatever the motion, without the snap (J&F 0.852, faster where the objects move fast), the "
+        "overlay encoded faster (about twice the file size); accurate: max side 768, a frame "
         "carried only where the objects moved little (from the key frames on both sides, refined in full), the "
         "learned refiner at 640, about 0.7x balanced's speed on 2 CPU cores, J&F 0.877, small objects among "
         "several kept better. On a GPU accurate sees every frame (README, Results). Options given beside it win.",
