@@ -3,9 +3,12 @@
 #   - the cross-validation splits (runs/cv-davis) and their H.264 copy (runs/cv-davis-mp4, what
 #     `cross_validate.py eval --root runs/cv-davis-mp4` scores);
 #   - the shipped recipe's fold models of each seed (runs/cv/fN, runs/cv/fN-sS);
+#   - the fold refiners (runs/cv/fN/refiner.pt: the learned refiner trained without the fold, for
+#     `cross_validate.py eval --set 'refiner_file=runs/cv/{fold}/refiner.pt'`; the shipped refiner
+#     saw every sequence);
 #   - the six multi-object dev sets and their H.264 copies (runs/multi-dev*-h264).
 # What is already there is kept. Jobs run two at a time, one thread each (about 10 minutes a fold
-# model on a 2-core machine). x264 does not encode the same frames twice alike, so rebuilt copies are
+# model, 8-9 a fold refiner, on a 2-core machine). x264 does not encode the same frames twice alike, so rebuilt copies are
 # not an earlier machine's: rerun every baseline on them.
 #
 #   bash benchmarks/rebuild_runs.sh                 # fold models of seeds 0 and 1
@@ -37,6 +40,10 @@ for seed in $SEEDS; do
     dir=runs/cv/$fold$([ "$seed" = 0 ] || echo "-s$seed")
     [ -f "$dir/model.pt" ] || jobs+=("$CV train --fold $fold --seed $seed --threads 1")
   done
+done
+
+for fold in f0 f1 f2 f3 f4; do
+  [ -f "runs/cv/$fold/refiner.pt" ] || jobs+=("$CV train-refiner --fold $fold --threads 1")
 done
 
 if [ -n "${DRY_RUN:-}" ]; then printf '%s\n' "${jobs[@]}"; exit 0; fi
