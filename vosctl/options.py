@@ -93,7 +93,7 @@ PresetOption = Annotated[
         help="balanced (the defaults): max side 640, the network and retrieval on every other frame, and on "
         "every frame where the objects move fast (a frame between takes the key frames on both sides of it along "
         "the optical flow and is refined by the learned refiner at 576 working pixels), labels near a boundary "
-        "snapped to the frame's edges, cross-validation J&F 0.869 (frames as H.264 leaves them); fast: every other "
+        "snapped to the frame's edges, cross-validation J&F 0.862 (frames as H.264 leaves them); fast: every other "
         "frame whatever the motion, without the snap (J&F 0.852, faster where the objects move fast), the "
         "overlay encoded faster (about twice the file size); accurate: max side 768, a frame "
         "carried only where the objects moved little (from the key frames on both sides, refined in full), the "
