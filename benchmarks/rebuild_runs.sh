@@ -8,8 +8,8 @@
 #     saw every sequence);
 #   - the six multi-object dev sets and their H.264 copies (runs/multi-dev*-h264).
 # What is already there is kept. Jobs run two at a time, one thread each (about 10 minutes a fold
-# model, 8-9 a fold refiner, on a 2-core machine). x264 does not encode the same frames twice alike, so rebuilt copies are
-# not an earlier machine's: rerun every baseline on them.
+# model, 8-9 a fold refiner, on a 2-core machine). x264 does not encode the same frames twice
+# alike, so rebuilt copies are not an earlier machine's: rerun every baseline on them.
 #
 #   bash benchmarks/rebuild_runs.sh                 # fold models of seeds 0 and 1
 #   SEEDS="0 1 2" JOBS=2 bash benchmarks/rebuild_runs.sh

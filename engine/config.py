@@ -266,11 +266,14 @@ class SessionConfig:
     # forty-first round (0 before, every other frame whatever the motion; "fast" keeps 0, "accurate"
     # has 0.5): with both key frames around a carried one (``carry_between``) the fast movers still
     # lost most on the carried frames (mallard-fly J -10.8 against its key frames, dog-agility -9.5).
-    # CV J&F on the H.264 copy, seeds 0 / 1: 0.8590 -> 0.8705 (+1.16; bmx-bumps +19) and 0.8609 ->
-    # 0.8670 (+0.61), 18 / 12 sequences better / worse with each, 43% of the frames carried instead of
-    # 49%; 3 cells +0.54 / +0.04. Multi-object dev clips (seed 0) +0.5, +0.3, -0.2 J per object. The 30
-    # training sequences as mp4 through `vosctl segment`, interleaved, fps printed: float32 19.47 ->
-    # 18.55 (-4.7%), bfloat16 22.24 -> 21.07 (-5.3%); the fast movers slowest (dog-agility -26%).
+    # CV J&F on the H.264 copy with the fold refiners, seeds 0 / 1: 0.8516 -> 0.8634 (+1.18; 19 / 11
+    # sequences better / worse) and 0.8534 -> 0.8608 (+0.73; 20 / 10), the fast movers gaining with
+    # both (dog-agility +7.0 / +6.1); 43% of the frames carried instead of 49%; 3 cells +0.54 / +0.04
+    # (the shipped refiner). Multi-object dev clips, seeds 0 / 1: twins +0.5 / +0.4, same kind +0.3 /
+    # -0.3, crowds -0.2 / +0.3 J per object. The 30 training sequences as mp4 through `vosctl
+    # segment`, interleaved, fps printed: float32 19.47 -> 18.55 (-4.7%; -5.5% with the kernels capped
+    # to AVX2), bfloat16 22.24 -> 21.07 (-5.3%), float32 beside a busy process -1.3%; the fast movers
+    # slowest (dog-agility -17%), bear unchanged.
     carry_motion: float = 2.0
     # A carried frame takes the last output (refined) moved along the optical flow at the flow's own
     # resolution (engine.refine_stage), instead of the last grid probabilities moved, upsampled and

@@ -17,7 +17,8 @@ from engine.refine_stage import CarriedProbs, PendingProbs
 from engine.session import VideoSession
 from tests.test_window import clip
 
-# Every other frame carried at the grid and refined (the defaults' schedule), small and in torch.
+# Every other frame carried at the grid and refined (``fast``'s schedule; the defaults carry by motion),
+# small and in torch.
 CONFIG = SessionConfig(runtime="torch", half=False, min_size=0, max_size=384, refine="bilateral", carry_motion=0.0)
 
 

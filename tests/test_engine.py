@@ -319,7 +319,7 @@ def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_
     refiner alone, at max side 640 unless the model says otherwise, the labels snapped to the frame's
     edges; ``--preset fast`` every other frame carried whatever the motion, without the snap and with
     a small frame refined at its own size (its overlay is encoded faster too), over the model's own
-    settings; ``accurate`` 768, frames carried only where the objects moved under half a cell, from
+    settings; ``accurate`` 768, frames carried only where the objects moved at most half a cell, from
     both key frames and refined by both refiners, not snapped, an option given beside it winning; an
     unknown name is refused."""
     defaults = SessionConfig()

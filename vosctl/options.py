@@ -98,7 +98,8 @@ PresetOption = Annotated[
         "overlay encoded faster (about twice the file size); accurate: max side 768, a frame "
         "carried only where the objects moved little (from the key frames on both sides, refined in full), the "
         "learned refiner at 640, about 0.7x balanced's speed on 2 CPU cores, J&F 0.877, small objects among "
-        "several kept better. On a GPU accurate sees every frame (README, Results). Options given beside it win.",
+        "several kept better. On a GPU balanced and accurate see every frame (README, Results). Options given "
+        "beside it win.",
     ),
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
