@@ -22,13 +22,14 @@ import torch.nn.functional as F
 
 from engine.between import Between
 from engine.bilateral_refiner import BilateralRefiner
-from engine.config import ALIGN, REFINERS, SessionConfig, session_config_for
+from engine.config import ALIGN, REFINERS, SessionConfig
 from engine.edge_snap import EdgeSnap
 from engine.embedder import FrameEmbedder, check_frame, processing_size
 from engine.errors import VosError
 from engine.memory import PixelSet
 from engine.model import OUTPUT_STRIDE, TIME_HORIZON, EmbeddingModel
 from engine.objects import channel_argmax, merge_annotation, object_ids
+from engine.presets import session_config_for
 from engine.propagation import Propagator
 from engine.refine_stage import CarriedFrame, CarriedProbs, RefineStage
 from engine.refiners import load_refiner_network, session_refiners

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from engine import devices
-from engine.config import PRESETS
 from engine.errors import VosError
 from engine.factory import SHIPPED_MODEL, build_model, default_model_spec, load_model_file, save_model_file
 from engine.memory import ObjectRegistry, OnlineMemory, PixelSet
 from engine.model import ModelConfig, create_model, trained_backbone_state
+from engine.presets import PRESETS
 from engine.retrieval import RetrievalConfig, knn_probabilities
 from engine.session import SessionConfig, VideoSession, channel_argmax, processing_size, session_config_for
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from engine.bilateral_params import BilateralParams
-from engine.config import SessionConfig, session_config_for
+from engine.config import SessionConfig
 from engine.embedder import processing_size
 from engine.errors import VosError
 from engine.memory import PixelSet, memory_quotas
+from engine.presets import session_config_for
 from engine.propagation import Propagator
 from trainer.composite import Path, cut_out, paste
 
