@@ -342,6 +342,21 @@ class SessionConfig:
         if unknown:
             raise VosError(f"Unknown session setting '{unknown[0]}'; choose from: {', '.join(self.setting_names())}.")
         retrieval_keys = {k for k in changes if k in RetrievalConfig.__dataclass_fields__}
+        for name, value in changes.items():
+            current = getattr(self.retrieval if name in retrieval_keys else self, name)
+            _check_type(name, value, current)
         retrieval = replace(self.retrieval, **{k: changes[k] for k in retrieval_keys if changes[k] is not None})
         rest = {k: v for k, v in changes.items() if k not in retrieval_keys and v is not None}
         return replace(self, retrieval=retrieval, **rest)
+
+
+def _check_type(name: str, value, current) -> None:
+    """Refuse a value of another kind than the setting's own: a switch given the text 'False' (any
+    text is true) or a number given as text would otherwise change the session silently."""
+    if value is None or current is None:
+        return
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise VosError(f"The setting '{name}' is true or false, not {value!r}.")
+    elif isinstance(current, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise VosError(f"The setting '{name}' is a number, not {value!r}.")

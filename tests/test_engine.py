@@ -313,6 +313,22 @@ def test_session_config_starts_from_the_models_settings_then_overrides(tiny_mode
         SessionConfig(max_size=16)
 
 
+def test_a_setting_of_the_wrong_kind_is_refused_not_taken_as_true():
+    """``--set edge_snap=False`` reaches the settings as the text 'False', which is true: refused,
+    as is a number given as text; a whole number where a fraction goes is fine, None leaves a
+    setting as it is."""
+    config = SessionConfig()
+    for name, value in (("edge_snap", "False"), ("edge_snap", 0), ("online", "no")):
+        with pytest.raises(VosError, match="true or false"):
+            config.with_overrides(**{name: value})
+    for name, value in (("max_size", "640"), ("carry_motion", True), ("k", "5")):
+        with pytest.raises(VosError, match="a number"):
+            config.with_overrides(**{name: value})
+    changed = config.with_overrides(edge_snap=False, carry_motion=0, k=7, refiner_file="r.pt", project_dim=None)
+    assert not changed.edge_snap and changed.carry_motion == 0 and changed.retrieval.k == 7
+    assert changed.refiner_file == "r.pt" and changed.project_dim == config.project_dim
+
+
 def test_a_preset_sits_between_the_models_settings_and_the_callers_options(tiny_model):
     """``balanced`` is the defaults: every other frame at most carried, and only where the objects
     moved at most 2 cells, from the key frames on both sides, and refined again by the learned
