@@ -94,10 +94,10 @@ PresetOption = Annotated[
         "every frame where the objects move fast (a frame between takes the key frames on both sides of it along "
         "the optical flow and is refined by the learned refiner at 576 working pixels), labels near a boundary "
         "snapped to the frame's edges, cross-validation J&F 0.862 (frames as H.264 leaves them); fast: every other "
-        "frame whatever the motion, without the snap (J&F 0.852, faster where the objects move fast), the "
+        "frame whatever the motion, without the snap (J&F 0.850, faster where the objects move fast), the "
         "overlay encoded faster (about twice the file size); accurate: max side 768, a frame "
         "carried only where the objects moved little (from the key frames on both sides, refined in full), the "
-        "learned refiner at 640, about 0.7x balanced's speed on 2 CPU cores, J&F 0.877, small objects among "
+        "learned refiner at 640, about 0.7x balanced's speed on 2 CPU cores, J&F 0.875, small objects among "
         "several kept better. On a GPU balanced and accurate see every frame (README, Results). Options given "
         "beside it win.",
     ),
