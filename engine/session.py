@@ -14,12 +14,12 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.ahead import AheadEmbedder, Embedded, check_embedded
 from engine.between import Between
 from engine.bilateral_refiner import BilateralRefiner
 from engine.config import ALIGN, REFINERS, SessionConfig
@@ -48,16 +48,6 @@ __all__ = [
     "processing_size",
     "session_config_for",
 ]
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """A frame embedded ahead (:meth:`VideoSession.embed_ahead`) for the session's frame ``position``."""
-
-    position: int
-    pixels: PixelSet | None  # None: a frame the schedule carries (engine.window)
-    small: np.ndarray  # the frame at the network's input size (its optical flow is taken there)
-    box: Box | None = None  # the part of the grid the network saw (engine.window); None: all of it
 
 
 class VideoSession:
@@ -105,6 +95,7 @@ class VideoSession:
         # What the network sees of each coming frame (engine.window): whether it sees the frame,
         # and the box. On a GPU the network is cheap and embeds frames in batches: every frame, whole.
         self.schedule = FrameSchedule(self.config, enabled=self.device.type == "cpu")
+        self._ahead = AheadEmbedder(self.embedder, self.schedule, self.record_time)
         self.whole_again = 0  # key frames embedded again whole: their box missed a cell retrieval needed
         self.carried = 0  # frames carried along the flow, not seen by the network
         self.timings: dict[str, float] = defaultdict(float)
@@ -185,14 +176,7 @@ class VideoSession:
         two before ``position`` is stepped, so the stepping thread must not wait for this embedding
         before that; a stepping thread that stops early calls :meth:`stop_waiting`. A frame the plan
         carries is not embedded (``pixels`` None)."""
-        small = self.embedder.prepare(frame)
-        plan = self.schedule.plan_for(position, wait=True)
-        if not plan.key:
-            return Embedded(position, None, small)
-        start = time.perf_counter()
-        pixels = self.embedder.embed([small], [position / TIME_HORIZON], plan.box)[0]
-        self.record_time("embed", start)
-        return Embedded(position, pixels, small, plan.box)
+        return self._ahead.embed(frame, position)
 
     @property
     def embeds_ahead(self) -> bool:
@@ -353,16 +337,11 @@ class VideoSession:
         return merge_annotation(predicted, mask)
 
     def _check_embedded(self, embedded: Sequence[Embedded], count: int) -> None:
-        """Embeddings given to :meth:`step_batch`: one per frame, each for the frame's own position
-        (its time enters the embedding), and only where the schedule decides the key frames."""
+        """Embeddings given to :meth:`step_batch`: only where the schedule decides the key frames
+        (engine.ahead.check_embedded checks the rest)."""
         if not self.embeds_ahead:
             raise VosError("Frames embedded ahead need keyframe_interval 1, or frames carried by carry_motion.")
-        if len(embedded) != count:
-            raise VosError("step_batch needs one embedding per frame.")
-        for offset, item in enumerate(embedded):
-            if item.position != self.frame_index + offset:
-                expected = self.frame_index + offset
-                raise VosError(f"An embedding for frame {item.position} was given for frame {expected}.")
+        check_embedded(embedded, self.frame_index, count)
 
     def _to_refiner(self, coarse: torch.Tensor) -> torch.Tensor:
         """(K + 1, gh, gw) grid probabilities -> upsampled to the frame, where the refiner works."""
