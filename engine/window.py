@@ -126,8 +126,11 @@ class FrameSchedule:
         self._waiting = True  # False after stop_waiting
         self._done = threading.Condition()
         # The thread that steps the session (the one that made it, until a frame is done): it never
-        # waits for a plan, which only it could decide.
-        self._stepper = threading.get_ident()
+        # waits for a plan, which only it could decide. The thread itself, not its ident: the CLI
+        # makes the session on a thread that then ends, and the network's thread, started next,
+        # was usually given the same ident, so it did not wait for frame 2's plan and embedded the
+        # whole frame where the plan had a box (masks differed from run to run from frame 2 on).
+        self._stepper = threading.current_thread()
 
     def batch_keys(self, annotated: Sequence[bool]) -> list[int]:
         """Offsets in the next batch of frames (``annotated``: whether each has a mask) of those the
@@ -165,7 +168,7 @@ class FrameSchedule:
             # The plans of the frames just before the next to decide tell how many in a row were carried.
             self._plans.pop(position + 2 - max(2, self.config.keyframe_interval), None)
             self._frames_done = position + 1
-            self._stepper = threading.get_ident()
+            self._stepper = threading.current_thread()
             self._done.notify_all()
 
     def _key(self, position: int, probs: torch.Tensor, flow: torch.Tensor | None) -> bool:
@@ -188,7 +191,7 @@ class FrameSchedule:
         if not self.enabled or position < 2:
             return FramePlan()
         with self._done:
-            if wait and threading.get_ident() != self._stepper:
+            if wait and threading.current_thread() is not self._stepper:
                 self._done.wait_for(lambda: self._frames_done >= position - 1 or not self._waiting, timeout=WAIT)
             return self._plans.get(position, FramePlan())
 

@@ -143,6 +143,26 @@ def test_a_thread_embedding_ahead_waits_for_its_box_until_told_to_stop_waiting(t
     assert not thread.is_alive() and done[0].box is None and len(done[0].pixels) == 32 * 48
 
 
+def test_a_thread_started_after_the_one_that_made_the_session_ended_still_waits(tiny_model):
+    """The CLI makes the session on a thread that then ends; the network's thread, started after it,
+    is usually given the ended thread's ident. It is not the stepping thread, so it waits for frame
+    2's plan (before, it took the whole frame at once, and the masks changed from run to run)."""
+    images, mask = clip()
+    made = []
+    maker = threading.Thread(target=lambda: made.append(VideoSession(tiny_model, BOXED)))
+    maker.start()
+    maker.join()
+    session = made[0]
+    done = []
+    thread = threading.Thread(target=lambda: done.append(session.embed_ahead(images[2], 2)), daemon=True)
+    thread.start()
+    thread.join(timeout=0.3)
+    assert thread.is_alive() and not done  # frame 0 is not done
+    session.step_batch([images[0]], [mask])
+    thread.join(timeout=5)
+    assert done and done[0].box is not None  # the plan decided when frame 0 was done
+
+
 def test_the_thread_that_steps_the_session_never_waits_for_a_box(tiny_model):
     """Embedding ahead on the stepping thread itself, for a frame whose box is not decided yet,
     would wait for a frame only that thread can step: it gets the whole frame at once."""
