@@ -8,16 +8,13 @@ checks that an embedding handed back to the session is the one its frame needs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from engine.embedder import FrameEmbedder
 from engine.errors import VosError
 from engine.memory import PixelSet
-from engine.model import TIME_HORIZON
 from engine.window import Box, FrameSchedule
 
 
@@ -32,29 +29,29 @@ class Embedded:
 
 
 class AheadEmbedder:
-    """Embeds the frames of one session ahead of it, each as its schedule plans it.
-
-    ``record_time(stage, start)`` adds the time since ``start`` to the session's timings."""
+    """Embeds the frames of one session ahead of it, each as its schedule plans it, with the
+    session's own steps: ``prepare(frame) -> small`` (the frame at the network's input size) and
+    ``embed(small, position, box) -> pixels`` (embedded and timed)."""
 
     def __init__(
-        self, embedder: FrameEmbedder, schedule: FrameSchedule, record_time: Callable[[str, float], float]
+        self,
+        prepare: Callable[[np.ndarray], np.ndarray],
+        embed: Callable[[np.ndarray, int, Box | None], PixelSet],
+        schedule: FrameSchedule,
     ) -> None:
-        self.embedder = embedder
+        self.prepare = prepare
+        self.embed_small = embed
         self.schedule = schedule
-        self.record_time = record_time
 
     def embed(self, frame: np.ndarray, position: int) -> Embedded:
         """The session's ``position``-th frame, embedded in its planned box; with a schedule it
         waits until the frame two before ``position`` is stepped. A frame the plan carries is not
         embedded (``pixels`` None)."""
-        small = self.embedder.prepare(frame)
+        small = self.prepare(frame)
         plan = self.schedule.plan_for(position, wait=True)
         if not plan.key:
             return Embedded(position, None, small)
-        start = time.perf_counter()
-        pixels = self.embedder.embed([small], [position / TIME_HORIZON], plan.box)[0]
-        self.record_time("embed", start)
-        return Embedded(position, pixels, small, plan.box)
+        return Embedded(position, self.embed_small(small, position, plan.box), small, plan.box)
 
 
 def check_embedded(embedded: Sequence[Embedded], first: int, count: int) -> None:

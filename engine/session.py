@@ -95,7 +95,7 @@ class VideoSession:
         # What the network sees of each coming frame (engine.window): whether it sees the frame,
         # and the box. On a GPU the network is cheap and embeds frames in batches: every frame, whole.
         self.schedule = FrameSchedule(self.config, enabled=self.device.type == "cpu")
-        self._ahead = AheadEmbedder(self.embedder, self.schedule, self.record_time)
+        self._ahead = AheadEmbedder(self.embedder.prepare, self._embed, self.schedule)
         self.whole_again = 0  # key frames embedded again whole: their box missed a cell retrieval needed
         self.carried = 0  # frames carried along the flow, not seen by the network
         self.timings: dict[str, float] = defaultdict(float)
